@@ -1,0 +1,173 @@
+"""Closed-form ground truth: a mixture of isotropic Gaussians pushed through a linear SDE.
+
+If ``x0 ~ sum_k w_k N(mu_k, sigma_k^2 I)`` and ``x_t = a(t) x0 + s(t) z``, then
+``x_t ~ sum_k w_k N(a mu_k, v_k I)`` with ``v_k = a^2 sigma_k^2 + s^2``. Hence,
+with responsibilities ``r_k(x) = softmax_k(log w_k + log N(x; a mu_k, v_k I))``:
+
+* score: ``grad log p_t(x) = sum_k r_k (a mu_k - x) / v_k``;
+* denoiser: ``E[x0 | x_t = x] = sum_k r_k (mu_k + a sigma_k^2 / v_k (x - a mu_k))``.
+
+Any SDE with ``scale(t)`` and ``std(t)`` works (VP, sub-VP, VE, ``LinearSDE``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["GaussianMixture"]
+
+
+class GaussianMixture:
+    """A mixture of isotropic Gaussians in ``R^d``: the project's exact oracle.
+
+    Args:
+        means: ``(K, d)`` component means.
+        stds: ``(K,)`` component standard deviations, ``> 0`` (a scalar is broadcast).
+        weights: ``(K,)`` positive weights (normalized here); uniform if omitted.
+
+    Inputs ``x`` may have shape ``(B, d)`` or ``(B, *dims)`` with ``prod(dims) = d``;
+    computations run in ``x``'s dtype and device (float64 stays float64).
+    """
+
+    def __init__(self, means, stds, weights=None):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.dim() != 2:
+            raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
+        k, _ = means.shape
+        stds = torch.as_tensor(stds, dtype=torch.float64)
+        if stds.dim() == 0:
+            stds = stds.expand(k).clone()
+        if stds.shape != (k,):
+            raise ValueError(f"stds must have shape (K,) = ({k},), got {tuple(stds.shape)}")
+        if not bool((stds > 0).all()) or not bool(torch.isfinite(stds).all()):
+            raise ValueError(f"stds must be finite and > 0, got {stds.tolist()}")
+        if weights is None:
+            weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (k,):
+            raise ValueError(f"weights must have shape (K,) = ({k},), got {tuple(weights.shape)}")
+        if not bool((weights > 0).all()) or not bool(torch.isfinite(weights).all()):
+            raise ValueError(f"weights must be finite and > 0, got {weights.tolist()}")
+        if not bool(torch.isfinite(means).all()):
+            raise ValueError("means must be finite")
+        self.means = means
+        self.stds = stds
+        self.weights = weights / weights.sum()
+
+    @property
+    def dim(self) -> int:
+        """The data dimension ``d``."""
+        return self.means.shape[1]
+
+    @property
+    def num_components(self) -> int:
+        """The number of components ``K``."""
+        return self.means.shape[0]
+
+    # ------------------------------------------------------------ sampling
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32, device=None, return_labels: bool = False):
+        """Draw ``n`` samples ``(n, d)`` (and their component labels if asked)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if device is None and generator is not None:
+            device = generator.device
+        w = self.weights.to(device)
+        labels = torch.multinomial(w, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=device)
+        x = self.means.to(device)[labels] + self.stds.to(device)[labels, None] * z
+        x = x.to(dtype)
+        return (x, labels) if return_labels else x
+
+    # ---------------------------------------------------------- densities
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log p0(x)`` of the mixture itself, shape ``(B,)``."""
+        flat = self._flatten(x)
+        one = torch.ones(flat.shape[0], dtype=flat.dtype, device=flat.device)
+        return self._log_components(flat, one, torch.zeros_like(one)).logsumexp(-1)
+
+    def marginal_log_prob(self, x: Tensor, t, sde) -> Tensor:
+        """``log p_t(x)`` of the noised marginal under the linear SDE ``sde``, shape ``(B,)``."""
+        flat = self._flatten(x)
+        a, s = self._coefs(t, sde, flat)
+        return self._log_components(flat, a, s).logsumexp(-1)
+
+    def score_at(self, x: Tensor, t, sde) -> Tensor:
+        """The exact score ``grad_x log p_t(x)``, shape of ``x``."""
+        flat = self._flatten(x)
+        a, s = self._coefs(t, sde, flat)
+        resp, v, mu = self._posterior(flat, a, s)
+        score = (resp[..., None] * (a[:, None, None] * mu - flat[:, None, :]) / v[..., None]).sum(1)
+        return score.reshape(x.shape)
+
+    def denoise(self, x: Tensor, t, sde) -> Tensor:
+        """The exact denoiser ``E[x0 | x_t = x]``, shape of ``x``."""
+        flat = self._flatten(x)
+        a, s = self._coefs(t, sde, flat)
+        resp, v, mu = self._posterior(flat, a, s)
+        sig2 = self.stds.to(flat)[None, :] ** 2
+        gain = (a[:, None] * sig2 / v)[..., None]
+        m = mu + gain * (flat[:, None, :] - a[:, None, None] * mu)
+        return (resp[..., None] * m).sum(1).reshape(x.shape)
+
+    def score_fn(self, sde):
+        """A score function ``score_fn(x, t)`` of the contract, exact for ``sde``."""
+        def score_fn(x: Tensor, t: Tensor) -> Tensor:
+            return self.score_at(x, t, sde)
+        return score_fn
+
+    def denoiser_fn(self, sde):
+        """A denoiser ``D(x, t) = E[x0 | x_t = x]``, exact for ``sde``."""
+        def denoiser_fn(x: Tensor, t: Tensor) -> Tensor:
+            return self.denoise(x, t, sde)
+        return denoiser_fn
+
+    def noised(self, t, sde) -> "GaussianMixture":
+        """The marginal at one time ``t`` (a float) as a mixture in its own right."""
+        t = torch.as_tensor(float(t), dtype=torch.float64)
+        a, s = float(sde.scale(t)), float(sde.std(t))
+        return GaussianMixture(a * self.means, torch.sqrt(a ** 2 * self.stds ** 2 + s ** 2), self.weights)
+
+    def entropy(self, num_samples: int = 200_000, generator: torch.Generator | None = None) -> tuple[float, float]:
+        """Monte-Carlo estimate of the differential entropy ``-E log p0`` in nats, with its standard error."""
+        x = self.sample(num_samples, generator=generator, dtype=torch.float64)
+        lp = self.log_prob(x)
+        return float(-lp.mean()), float(lp.std() / math.sqrt(num_samples))
+
+    # ------------------------------------------------------------ helpers
+    def _flatten(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if x.dim() < 2 or x[0].numel() != self.dim:
+            raise ValueError(f"x must have shape (B, {self.dim}) or (B, *dims) with {self.dim} "
+                             f"entries per example, got {tuple(x.shape)}")
+        return x.reshape(x.shape[0], self.dim)
+
+    @staticmethod
+    def _coefs(t, sde, flat: Tensor) -> tuple[Tensor, Tensor]:
+        t = torch.as_tensor(t, dtype=flat.dtype, device=flat.device)
+        if t.dim() == 0:
+            t = t.expand(flat.shape[0])
+        elif t.shape != (flat.shape[0],):
+            raise ValueError(f"t must be a scalar or of shape (B,) = ({flat.shape[0]},), got {tuple(t.shape)}")
+        return sde.scale(t).to(flat), sde.std(t).to(flat)
+
+    def _log_components(self, flat: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        """``log w_k + log N(x; a mu_k, v_k I)``, shape ``(B, K)``."""
+        mu = self.means.to(flat)
+        v = a[:, None] ** 2 * self.stds.to(flat)[None, :] ** 2 + s[:, None] ** 2
+        sq = (flat[:, None, :] - a[:, None, None] * mu[None]).pow(2).sum(-1)
+        d = self.dim
+        return self.weights.to(flat).log() - 0.5 * (sq / v + d * torch.log(2 * math.pi * v))
+
+    def _posterior(self, flat: Tensor, a: Tensor, s: Tensor):
+        """Responsibilities ``(B, K)``, component variances ``(B, K)`` and the means ``(1, K, d)``."""
+        log_comp = self._log_components(flat, a, s)
+        resp = torch.softmax(log_comp, dim=-1)
+        v = a[:, None] ** 2 * self.stds.to(flat)[None, :] ** 2 + s[:, None] ** 2
+        return resp, v, self.means.to(flat)[None]
+
+    def __repr__(self) -> str:
+        return f"GaussianMixture(K={self.num_components}, d={self.dim})"

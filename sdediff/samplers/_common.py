@@ -1,0 +1,105 @@
+"""Pieces every sampler shares: time grids, the guarded score function, score <-> denoiser."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..sde import SDE, LinearSDE, broadcast_like
+
+GRIDS = ("uniform", "quadratic", "karras", "logsnr")
+
+
+def time_grid(sde: SDE, steps: int, eps: float = 1e-3, kind: str = "uniform", rho: float = 7.0,
+              dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+    """A decreasing grid of ``steps + 1`` times from ``T`` down to ``eps``.
+
+    Args:
+        sde: the forward SDE (``karras`` and ``logsnr`` need a :class:`LinearSDE`).
+        steps: number of intervals, ``>= 1``.
+        eps: the last time, in ``(0, T)``.
+        kind: ``"uniform"`` in ``t``; ``"quadratic"`` (``t - eps`` proportional to
+            ``(i/N)^2``, dense near the data); ``"karras"`` (Karras et al. 2022, eq. 5:
+            noise levels ``sigma = std/scale`` uniform in ``sigma^(1/rho)``); ``"logsnr"``
+            (uniform in ``lambda = log(scale/std)``, as DPM-Solver uses).
+        rho: the Karras exponent.
+    """
+    if kind not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got {kind!r}")
+    T = sde.T
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)  # 0 at T, 1 at eps
+    if kind == "uniform":
+        ts = T + (eps - T) * u
+    elif kind == "quadratic":
+        ts = eps + (T - eps) * (1 - u) ** 2
+    else:
+        if not isinstance(sde, LinearSDE):
+            raise ValueError(f"grid={kind!r} needs a LinearSDE (scale/std), got {type(sde).__name__}")
+        end = torch.tensor([T, eps], dtype=torch.float64)
+        lam_T, lam_eps = sde.log_snr(end).tolist()
+        if kind == "logsnr":
+            lam = lam_T + (lam_eps - lam_T) * u
+        else:
+            s_max, s_min = math.exp(-lam_T), math.exp(-lam_eps)
+            sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+            lam = -sig.log()
+        ts = sde.t_from_log_snr(lam).to(torch.float64)
+        ts[0], ts[-1] = T, eps  # pin the ends against round-off of the inversion
+    return ts.to(dtype=dtype, device=device)
+
+
+class GuardedScore:
+    """Wrap a score function: count evaluations, check shape and finiteness, name the step.
+
+    Sampler code calls ``score(x, t)`` with ``t`` a float or a tensor; the wrapper
+    passes a ``(B,)`` tensor to the user's function.
+    """
+
+    def __init__(self, score_fn: Callable[[Tensor, Tensor], Tensor], check_finite: bool = True):
+        self.score_fn = score_fn
+        self.nfe = 0
+        self.check_finite = check_finite
+        self.step: int | None = None
+
+    def __call__(self, x: Tensor, t) -> Tensor:
+        t_vec = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t_vec.dim() == 0:
+            t_vec = t_vec.expand(x.shape[0])
+        out = self.score_fn(x, t_vec)
+        self.nfe += 1
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"score_fn must return a tensor of x's shape {tuple(x.shape)}, got {got}")
+        if self.check_finite and not bool(torch.isfinite(out).all()):
+            where = f"step {self.step}, " if self.step is not None else ""
+            raise FloatingPointError(
+                f"score_fn returned NaN or inf at {where}t = {float(t_vec.flatten()[0]):.6g} "
+                f"(evaluation {self.nfe})")
+        return out
+
+
+def denoiser_from_score(score: Callable, sde: LinearSDE, x: Tensor, t) -> Tensor:
+    """Tweedie's formula ``E[x0 | x_t] = (x + s(t)^2 score(x, t)) / a(t)``."""
+    t_vec = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t_vec.dim() == 0:
+        t_vec = t_vec.expand(x.shape[0])
+    a = broadcast_like(sde.scale(t_vec), x)
+    s = broadcast_like(sde.std(t_vec), x)
+    return (x + s ** 2 * score(x, t_vec)) / a
+
+
+def score_from_denoiser(x0_hat: Tensor, sde: LinearSDE, x: Tensor, t) -> Tensor:
+    """``score = -(x - a x0_hat) / s^2``."""
+    t_vec = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t_vec.dim() == 0:
+        t_vec = t_vec.expand(x.shape[0])
+    a = broadcast_like(sde.scale(t_vec), x)
+    s = broadcast_like(sde.std(t_vec), x)
+    return -(x - a * x0_hat) / s ** 2
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise of ``x``'s shape, dtype and device from ``generator``."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
