@@ -106,7 +106,8 @@ class UNet(nn.Module):
         dropout: Dropout probability inside the residual blocks.
         image_size: Height and width ``H = W`` of the input.
         time_embedding: ``"fourier"`` or ``"sinusoidal"``.
-        emb_dim: Dimension of the raw time embedding (even); defaults to ``base_channels``.
+        emb_dim: Dimension of the raw time embedding (even); defaults to ``base_channels``
+            (rounded up to even).
         fourier_scale: Frequency scale of the Fourier embedding.
         seed: Seed of the Fourier embedding's fixed frequencies.
         out_channels: Output channels; defaults to ``in_channels``.
@@ -167,8 +168,10 @@ class UNet(nn.Module):
             )
         out_channels = in_channels if out_channels is None else out_channels
         _check_int("out_channels", out_channels, 1)
-        emb_dim = base_channels if emb_dim is None else emb_dim
-        emb_dim += emb_dim % 2  # embeddings need an even dimension
+        if emb_dim is None:
+            emb_dim = base_channels + base_channels % 2  # embeddings need an even dimension
+        if isinstance(emb_dim, bool) or not isinstance(emb_dim, int) or emb_dim < 2 or emb_dim % 2:
+            raise ValueError(f"emb_dim must be an even integer >= 2, got {emb_dim!r}")
         temb_dim = 4 * base_channels
 
         self.config: dict[str, Any] = {
