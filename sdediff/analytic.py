@@ -98,19 +98,22 @@ class GaussianMixture:
         """The exact score ``grad_x log p_t(x)``, shape of ``x``."""
         flat = self._flatten(x)
         a, s = self._coefs(t, sde, flat)
-        resp, v, mu = self._posterior(flat, a, s)
-        score = (resp[..., None] * (a[:, None, None] * mu - flat[:, None, :]) / v[..., None]).sum(1)
+        resp, v = self._posterior(flat, a, s)
+        # sum_k r_k (a mu_k - x) / v_k, as matrix products (no (B, K, d) temporaries)
+        w = resp / v
+        score = a[:, None] * (w @ self.means.to(flat)) - w.sum(1, keepdim=True) * flat
         return score.reshape(x.shape)
 
     def denoise(self, x: Tensor, t, sde) -> Tensor:
         """The exact denoiser ``E[x0 | x_t = x]``, shape of ``x``."""
         flat = self._flatten(x)
         a, s = self._coefs(t, sde, flat)
-        resp, v, mu = self._posterior(flat, a, s)
-        sig2 = self.stds.to(flat)[None, :] ** 2
-        gain = (a[:, None] * sig2 / v)[..., None]
-        m = mu + gain * (flat[:, None, :] - a[:, None, None] * mu)
-        return (resp[..., None] * m).sum(1).reshape(x.shape)
+        resp, v = self._posterior(flat, a, s)
+        mu = self.means.to(flat)
+        # sum_k r_k (mu_k + c_k (x - a mu_k)) with the gain c_k = a sigma_k^2 / v_k
+        rc = resp * (a[:, None] * self.stds.to(flat)[None, :] ** 2 / v)
+        out = (resp - a[:, None] * rc) @ mu + rc.sum(1, keepdim=True) * flat
+        return out.reshape(x.shape)
 
     def score_fn(self, sde):
         """A score function ``score_fn(x, t)`` of the contract, exact for ``sde``."""
@@ -156,18 +159,22 @@ class GaussianMixture:
 
     def _log_components(self, flat: Tensor, a: Tensor, s: Tensor) -> Tensor:
         """``log w_k + log N(x; a mu_k, v_k I)``, shape ``(B, K)``."""
+        return self._log_components_and_var(flat, a, s)[0]
+
+    def _log_components_and_var(self, flat: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         mu = self.means.to(flat)
         v = a[:, None] ** 2 * self.stds.to(flat)[None, :] ** 2 + s[:, None] ** 2
-        sq = (flat[:, None, :] - a[:, None, None] * mu[None]).pow(2).sum(-1)
+        # ||x - a mu_k||^2 = ||x||^2 - 2 a x.mu_k + a^2 ||mu_k||^2, clamped against round-off
+        sq = (flat.pow(2).sum(1, keepdim=True) - 2 * a[:, None] * (flat @ mu.T)
+              + a[:, None] ** 2 * mu.pow(2).sum(1)[None, :]).clamp_min(0)
         d = self.dim
-        return self.weights.to(flat).log() - 0.5 * (sq / v + d * torch.log(2 * math.pi * v))
+        log_comp = self.weights.to(flat).log() - 0.5 * (sq / v + d * torch.log(2 * math.pi * v))
+        return log_comp, v
 
-    def _posterior(self, flat: Tensor, a: Tensor, s: Tensor):
-        """Responsibilities ``(B, K)``, component variances ``(B, K)`` and the means ``(1, K, d)``."""
-        log_comp = self._log_components(flat, a, s)
-        resp = torch.softmax(log_comp, dim=-1)
-        v = a[:, None] ** 2 * self.stds.to(flat)[None, :] ** 2 + s[:, None] ** 2
-        return resp, v, self.means.to(flat)[None]
+    def _posterior(self, flat: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Responsibilities ``(B, K)`` and component variances ``(B, K)``."""
+        log_comp, v = self._log_components_and_var(flat, a, s)
+        return torch.softmax(log_comp, dim=-1), v
 
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.num_components}, d={self.dim})"

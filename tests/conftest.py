@@ -1,0 +1,49 @@
+"""Shared test problems: the standard SDEs and Gaussian-mixture oracles."""
+import math
+
+import pytest
+import torch
+
+import sdediff as sd
+
+torch.set_num_threads(2)
+
+
+def ring_mixture(num_modes: int = 8, radius: float = 4.0, std: float = 0.5) -> sd.GaussianMixture:
+    """An isotropic Gaussian ring: ``num_modes`` equal-weight modes on a circle."""
+    angles = torch.arange(num_modes, dtype=torch.float64) * (2 * math.pi / num_modes)
+    means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
+    return sd.GaussianMixture(means, torch.full((num_modes,), std, dtype=torch.float64))
+
+
+def random_mixture(dim: int = 64, num_modes: int = 10, seed: int = 0) -> sd.GaussianMixture:
+    """A d-dimensional mixture with random means, stds and weights (fixed seed)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(num_modes, dim, generator=g, dtype=torch.float64)
+    stds = 0.2 + 0.3 * torch.rand(num_modes, generator=g, dtype=torch.float64)
+    weights = 0.5 + torch.rand(num_modes, generator=g, dtype=torch.float64)
+    return sd.GaussianMixture(means, stds, weights)
+
+
+STANDARD_SDES = {
+    "vp": lambda: sd.VPSDE(),
+    "subvp": lambda: sd.SubVPSDE(),
+    "ve": lambda: sd.VESDE(sigma_min=0.01, sigma_max=10.0),
+    "linear": lambda: sd.LinearSDE(f=lambda t: -0.5 * (0.1 + 19.9 * t),
+                                   g=lambda t: (0.1 + 19.9 * t).sqrt()),
+}
+
+
+@pytest.fixture
+def ring():
+    return ring_mixture()
+
+
+@pytest.fixture(params=sorted(STANDARD_SDES))
+def any_sde(request):
+    return STANDARD_SDES[request.param]()
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)
