@@ -10,6 +10,7 @@ hold step ``n`` at position ``n - 1``; ``alpha_bar(0) = 1``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from .sde import VPSDE, broadcast_like
 
-__all__ = ["DDPM"]
+__all__ = ["DDPM", "VLBResult"]
 
 _SCHEDULES = ("linear", "cosine")
 _VARIANCES = ("beta", "beta_tilde")
@@ -230,7 +231,188 @@ class DDPM:
         return (f"DDPM(num_steps={self.num_steps}, beta_start={self.beta_start:g}, "
                 f"beta_end={self.beta_end:g}, schedule={self.schedule!r})")
 
+    # ------------------------------------------------------- variational bound
+    def vlb(self, x0: Tensor, eps_fn, *, variance: str = "beta_tilde", num_levels: int | None = None,
+            low: float = -1.0, high: float = 1.0, num_terms: int | None = None,
+            generator: torch.Generator | None = None, chunk_size: int | None = None) -> "VLBResult":
+        """The variational bound on ``-log p_theta(x0)``, term by term (Ho et al. 2020, eq. 5).
+
+        ``L = L_T + sum_{n=2}^N L_{n-1} + L_0`` with
+
+        * ``L_T = KL(q(x_N | x0) || N(0, I))`` in closed form;
+        * ``L_{n-1} = KL(q(x_{n-1} | x_n, x0) || p_theta(x_{n-1} | x_n))`` at one draw
+          ``x_n ~ q(x_n | x0)`` per term (an unbiased estimate of ``E_q[KL]``), where
+          ``p_theta = N(mu_theta, sigma_n^2 I)``, ``mu_theta = (x_n - beta_n / sqrt(1 - abar_n)
+          eps_fn(x_n, n)) / sqrt(alpha_n)`` and ``sigma_n^2 = beta~_n`` or ``beta_n``;
+        * ``L_0 = -log p_theta(x0 | x1)`` with ``p_theta(x0 | x1) = N(mu_theta(x1, 1), beta_1 I)``
+          (``beta~_1 = 0``, so the decoder always uses ``beta_1``): a Gaussian density for
+          continuous data (``num_levels=None``), or for ``K``-level data on ``[low, high]``
+          the discretized Gaussian of Ho et al. 2020 sec. 3.3: the mass of the bin
+          ``[low + l delta, low + (l + 1) delta)``, ``delta = (high - low) / K``, holding
+          ``x0``, with the end bins open to ``-inf`` / ``+inf``.
+
+        With ``K`` levels the total is a bound on the discrete ``-log P(levels)``; for
+        continuous data it bounds ``-log p_theta(x0)`` of the density.
+
+        Args:
+            x0: data ``(B, *dims)`` (for ``num_levels`` a point of each bin, e.g. its centre).
+            eps_fn: ``eps_fn(x_n, n) -> tensor like x_n``, ``n`` a ``(B,)`` long tensor of
+                indices in ``1..N``.
+            variance: ``sigma_n^2`` of the reverse kernels, ``"beta_tilde"`` or ``"beta"``.
+            num_levels, low, high: the discretization of the data (``None``: continuous).
+            num_terms: ``None`` for the full sum over ``n = 2..N``; an int ``k`` for the
+                unbiased Monte-Carlo estimate ``(N - 1) / k * sum`` over ``k`` indices drawn
+                uniformly (with replacement) from ``2..N``, independently per example.
+            generator: the source of the ``x_n`` draws (and of the sampled indices).
+            chunk_size: indices ``n`` per call of ``eps_fn`` (default: about ``2^20``
+                entries per call).
+
+        Returns:
+            A :class:`VLBResult` with the per-example terms, the total in nats and bits/dim.
+
+        Raises:
+            ValueError: bad ``variance``, ``num_levels``, range, ``num_terms`` or ``x0``.
+        """
+        if variance not in _VARIANCES:
+            raise ValueError(f"variance must be one of {_VARIANCES}, got {variance!r}")
+        if not isinstance(x0, Tensor) or not x0.is_floating_point() or x0.dim() < 2:
+            raise ValueError("x0 must be a floating tensor of shape (B, *dims)")
+        if not bool(torch.isfinite(x0).all()):
+            raise ValueError("x0 has NaN or inf entries")
+        if num_levels is not None:
+            if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
+                raise ValueError(f"num_levels must be an int >= 2 or None, got {num_levels!r}")
+            if not low < high:
+                raise ValueError(f"need low < high, got low={low}, high={high}")
+        N, batch, d = self.num_steps, x0.shape[0], x0[0].numel()
+        dev = x0.device if generator is None else generator.device
+        if num_terms is None:
+            steps = torch.arange(2, N + 1, device=x0.device).expand(batch, N - 1)
+        else:
+            if isinstance(num_terms, bool) or not isinstance(num_terms, int) or num_terms < 1:
+                raise ValueError(f"num_terms must be None (all terms) or an int >= 1, got {num_terms!r}")
+            # Independent indices per example, so the sampling noise averages out over a batch.
+            steps = torch.randint(0, max(N - 1, 1), (batch, num_terms if N > 1 else 0), generator=generator,
+                                  device=dev).to(x0.device) + 2
+        chunk = chunk_size or max(1, (1 << 20) // max(1, batch * d))
+
+        # L_T: KL(N(sqrt(abar_N) x0, (1 - abar_N) I) || N(0, I)), summed over dimensions.
+        abar_N = float(self.alpha_bars[-1])
+        flat = x0.reshape(batch, d)
+        # (1 - abar) - 1 - log(1 - abar) = -abar - log1p(-abar), free of cancellation.
+        prior_term = 0.5 * (abar_N * flat.pow(2).sum(1) + d * (-abar_N - math.log1p(-abar_N)))
+
+        # L_{n-1}, n >= 2: chunks of indices, every (example, n) pair of a chunk in one eps_fn call.
+        terms = [self._vlb_kl_terms(x0, steps[:, start:start + chunk], eps_fn, variance, generator)
+                 for start in range(0, steps.shape[1], chunk)]
+        diffusion_terms = (torch.cat(terms, 1) if terms else
+                           torch.zeros(batch, 0, dtype=x0.dtype, device=x0.device))
+
+        # L_0 = -log p_theta(x0 | x1), decoder N(mu_theta(x1, 1), beta_1 I).
+        one = torch.ones(batch, dtype=torch.long, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=dev).to(x0.device)
+        x1 = self.q_sample(x0, one, noise=noise)
+        mean = self.mean_from_eps(x1, one, self._vlb_eps(eps_fn, x1, one))
+        std = math.sqrt(float(self.betas[0]))
+        if num_levels is None:
+            z = (x0 - mean) / std
+            decoder_term = (0.5 * z.pow(2) + math.log(std) + 0.5 * math.log(2 * math.pi)).reshape(batch, -1).sum(1)
+        else:
+            decoder_term = -_discretized_gaussian_log_prob(x0, mean, std, num_levels, low, high).reshape(
+                batch, -1).sum(1)
+
+        if num_terms is None:
+            total = prior_term + diffusion_terms.sum(1) + decoder_term
+        else:  # E[(N - 1) L_{n-1}] over n ~ U{2..N} is the full sum.
+            total = prior_term + (N - 1) * diffusion_terms.mean(1) + decoder_term
+        return VLBResult(prior_term=prior_term, diffusion_terms=diffusion_terms, steps=steps,
+                         decoder_term=decoder_term, total=total, bpd=total / (d * math.log(2)),
+                         dim=d, num_steps=N, exact_sum=num_terms is None)
+
+    def _vlb_eps(self, eps_fn, x_n: Tensor, n: Tensor) -> Tensor:
+        eps = eps_fn(x_n, n)
+        if not isinstance(eps, Tensor) or eps.shape != x_n.shape:
+            got = tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__
+            raise ValueError(f"eps_fn must return a tensor of x_n's shape {tuple(x_n.shape)}, got {got}")
+        if not bool(torch.isfinite(eps).all()):
+            raise FloatingPointError("eps_fn returned NaN or inf in the variational bound")
+        return eps
+
+    def _vlb_kl_terms(self, x0: Tensor, steps: Tensor, eps_fn, variance: str,
+                      generator: torch.Generator | None) -> Tensor:
+        """``L_{n-1}`` for every example ``b`` and index ``n = steps[b, j]``: ``(B, c)``."""
+        batch, c = steps.shape
+        x0_rep = x0.unsqueeze(0).expand(c, *x0.shape).reshape(c * batch, *x0.shape[1:])
+        n = steps.T.reshape(-1)  # term-major: entry j * B + b is (example b, column j)
+        dev = x0.device if generator is None else generator.device
+        noise = torch.randn(x0_rep.shape, generator=generator, dtype=x0.dtype, device=dev).to(x0.device)
+        x_n = self.q_sample(x0_rep, n, noise=noise)
+        mean_q, var_q = self.q_posterior(x0_rep, x_n, n)
+        mean_p = self.mean_from_eps(x_n, n, self._vlb_eps(eps_fn, x_n, n))
+        table = self.betas if variance == "beta" else self.posterior_variance
+        var_p = table.to(x0.device)[n - 1].to(x0.dtype)
+        d = x0[0].numel()
+        sq = (mean_q - mean_p).reshape(c * batch, -1).pow(2).sum(1)
+        # KL(N(m_q, v_q I) || N(m_p, v_p I)) = 1/2 [d log(v_p / v_q) + d v_q / v_p + |m_q - m_p|^2 / v_p - d].
+        kl = 0.5 * (d * torch.log(var_p / var_q) + d * var_q / var_p + sq / var_p - d)
+        return kl.reshape(c, batch).T
+
 
 def _check_same_shape(name: str, a: Tensor, b: Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name} must have shape {tuple(b.shape)}, got {tuple(a.shape)}")
+
+
+@dataclasses.dataclass
+class VLBResult:
+    """The terms of :meth:`DDPM.vlb`, per example, in nats.
+
+    Attributes:
+        prior_term: ``(B,)`` ``L_T``.
+        diffusion_terms: ``(B, k)`` ``L_{n-1}`` for the indices ``n = steps`` (all of
+            ``2..N`` in order, or the ``k`` sampled ones).
+        steps: ``(B, k)`` the index ``n`` of each entry of ``diffusion_terms``.
+        decoder_term: ``(B,)`` ``L_0 = -log p_theta(x0 | x1)``.
+        total: ``(B,)`` the bound (an unbiased estimate of it with sampled terms).
+        bpd: ``(B,)`` ``total / (d ln 2)``.
+        dim: ``d``.
+        num_steps: ``N``.
+        exact_sum: whether every ``n`` was summed (not sampled).
+    """
+
+    prior_term: Tensor
+    diffusion_terms: Tensor
+    steps: Tensor
+    decoder_term: Tensor
+    total: Tensor
+    bpd: Tensor
+    dim: int
+    num_steps: int
+    exact_sum: bool
+
+
+def _log_gaussian_bin(lower: Tensor, upper: Tensor) -> Tensor:
+    """``log(Phi(upper) - Phi(lower))`` for standardized bin edges (``+-inf`` allowed), stably.
+
+    Bins on the positive side are reflected (``Phi(u) - Phi(l) = Phi(-l) - Phi(-u)``) so
+    both edges sit in the lower tail, where ``log_ndtr`` is accurate:
+    ``log Phi(u) + log1p(-exp(log Phi(l) - log Phi(u)))``.
+    """
+    flip = (lower + upper) > 0
+    lo = torch.where(flip, -upper, lower)
+    hi = torch.where(flip, -lower, upper)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + torch.log1p(-torch.exp(log_lo - log_hi))
+
+
+def _discretized_gaussian_log_prob(x0: Tensor, mean: Tensor, std: float, num_levels: int,
+                                   low: float, high: float) -> Tensor:
+    """Per-entry log-mass of ``N(mean, std^2)`` on the bin of ``x0`` (Ho et al. 2020, eq. 13)."""
+    delta = (high - low) / num_levels
+    level = torch.floor((x0 - low) / delta).clamp(0, num_levels - 1)
+    lower = low + level * delta
+    upper = lower + delta
+    inf = torch.full_like(x0, math.inf)
+    lower = torch.where(level == 0, -inf, lower)
+    upper = torch.where(level == num_levels - 1, inf, upper)
+    return _log_gaussian_bin((lower - mean) / std, (upper - mean) / std)

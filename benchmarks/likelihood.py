@@ -1,0 +1,204 @@
+"""Likelihood benchmark: error against the exact answer vs wall time and NFE.
+
+For every trace estimator (exact, Gaussian and Rademacher Hutchinson, and the
+Gaussian estimator with the control variate) and ``rtol = atol`` in
+``{1e-3, 1e-5}``, on the 2-D ring (1,000 points) and a 64-D Gaussian mixture
+(200 points), :func:`sdediff.likelihood.log_likelihood` is run with the exact
+oracle score under the VP SDE, and compared with the exact ``log p_eps(x)`` of
+the oracle. A reference-style solve (scipy RK45 on the flattened augmented
+state, one Rademacher probe, ``rtol = atol = 1e-5``, written here after the
+score-SDE recipe) gives the comparison time.
+
+Columns: ``err`` = mean |logp - log p_eps| (nats, includes the prior mismatch);
+``floor`` = mean |log N(z) - log p_T(z)|, the part due to closing the flow with
+the prior instead of the true ``p_T`` (no solver can beat it); ``ode_err`` =
+the error with the exact ``p_T`` at the computed latent (solver + estimator
+error alone); ``std`` = per-example std of ``logp - log p_eps`` (the estimator
+noise for Hutchinson).
+
+Run ``python -m benchmarks.likelihood [--quick]``; writes
+``benchmarks/results/likelihood.{json,md,png}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import sdediff as sd
+from sdediff.datasets import ring_params
+from sdediff.likelihood import log_likelihood
+
+RESULTS = Path(__file__).resolve().parent / "results"
+EPS = 1e-5
+
+
+def problems(quick: bool = False) -> dict:
+    """The two test problems: ``name -> (oracle, number of points)``."""
+    g = torch.Generator().manual_seed(0)
+    d, k = 64, 10
+    means = torch.randn(k, d, generator=g, dtype=torch.float64)
+    stds = 0.2 + 0.3 * torch.rand(k, generator=g, dtype=torch.float64)
+    weights = 0.5 + torch.rand(k, generator=g, dtype=torch.float64)
+    return {
+        "ring2d": (sd.GaussianMixture(*ring_params()), 200 if quick else 1000),
+        "mix64d": (sd.GaussianMixture(means, stds, weights), 40 if quick else 200),
+    }
+
+
+def reference_logp(score_fn, sde, x: torch.Tensor, eps: float = EPS, rtol: float = 1e-5,
+                   atol: float = 1e-5, generator: torch.Generator | None = None):
+    """Reference-style likelihood: scipy RK45 on the flattened state, one Rademacher probe.
+
+    Returns ``(logp, nfe)``.
+    """
+    from scipy import integrate
+
+    shape, batch = x.shape, x.shape[0]
+    v = torch.randint(0, 2, shape, generator=generator).to(x.dtype) * 2 - 1
+    rev = sde.reverse(score_fn, probability_flow=True)
+    nfe = 0
+
+    def rhs(t, y):
+        nonlocal nfe
+        nfe += 1
+        xt = torch.from_numpy(y[:-batch]).reshape(shape).to(x.dtype)
+        tt = torch.full((batch,), min(t, sde.T), dtype=x.dtype)
+        with torch.enable_grad():
+            xt.requires_grad_(True)
+            drift = rev.sde(xt, tt)[0]
+            (grad,) = torch.autograd.grad((drift * v).sum(), xt)
+        div = (grad * v).reshape(batch, -1).sum(1)
+        return np.concatenate([drift.detach().reshape(-1).numpy(), div.numpy()])
+
+    y0 = np.concatenate([x.reshape(-1).numpy(), np.zeros(batch)])
+    sol = integrate.solve_ivp(rhs, (eps, sde.T), y0, rtol=rtol, atol=atol, method="RK45")
+    z = torch.from_numpy(sol.y[:-batch, -1]).reshape(shape)
+    delta = torch.from_numpy(sol.y[-batch:, -1])
+    return sde.prior_logp(z) + delta, nfe
+
+
+def _row(problem, estimator, rtol, logp, exact, seconds, nfe, floor=None, ode_err=None):
+    diff = logp - exact
+    return {"problem": problem, "estimator": estimator, "rtol": rtol,
+            "err": float(diff.abs().mean()), "std": float(diff.std()), "bias": float(diff.mean()),
+            "floor": floor, "ode_err": ode_err, "seconds": seconds, "nfe": nfe}
+
+
+def run(quick: bool = False, out_dir: Path | str = RESULTS, repeats: int | None = None,
+        threads: int = 1, plot: bool = True) -> list[dict]:
+    """Run the benchmark and write JSON, markdown and PNG under ``out_dir``.
+
+    Args:
+        quick: fewer points (200 / 40) and one timing repeat.
+        out_dir: where ``likelihood.{json,md,png}`` go.
+        repeats: timing repeats (the minimum wall time is kept); default 1 quick, 3 full.
+        threads: torch CPU threads (1 = the "one core" of the goal).
+        plot: write the PNG.
+
+    Returns:
+        The table rows.
+    """
+    torch.set_num_threads(threads)
+    repeats = repeats or (1 if quick else 3)
+    sde = sd.VPSDE()
+    rows: list[dict] = []
+    estimators = [("exact", "exact", False), ("gaussian", "gaussian", False),
+                  ("rademacher", "rademacher", False), ("gaussian+cv", "gaussian", True)]
+    for name, (oracle, n) in problems(quick).items():
+        x = oracle.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        exact = oracle.marginal_log_prob(x, EPS, sde)
+        score_fn = oracle.score_fn(sde)
+        for label, trace, cv in estimators:
+            for rtol in (1e-3, 1e-5):
+                best, res = math.inf, None
+                for rep in range(repeats):
+                    gen = torch.Generator().manual_seed(2)
+                    t0 = time.perf_counter()
+                    res = log_likelihood(score_fn, sde, x, eps=EPS, trace=trace, rtol=rtol, atol=rtol,
+                                         generator=gen, control_variate=cv)
+                    best = min(best, time.perf_counter() - t0)
+                p_T = oracle.marginal_log_prob(res.z, sde.T, sde)
+                floor = float((res.prior_logp - p_T).abs().mean())
+                ode_err = float((res.delta_logp + p_T - exact).abs().mean())
+                rows.append(_row(name, label, rtol, res.logp, exact, best, res.nfe, floor, ode_err))
+                print(_fmt(rows[-1]), flush=True)
+        best, logp, nfe = math.inf, None, 0
+        for rep in range(repeats):
+            t0 = time.perf_counter()
+            logp, nfe = reference_logp(score_fn, sde, x, generator=torch.Generator().manual_seed(2))
+            best = min(best, time.perf_counter() - t0)
+        rows.append(_row(name, "reference (scipy RK45, 1 Rademacher)", 1e-5, logp, exact, best, nfe))
+        print(_fmt(rows[-1]), flush=True)
+    _write(rows, Path(out_dir), quick, threads, plot)
+    return rows
+
+
+def _fmt(r: dict) -> str:
+    extra = "" if r["floor"] is None else f" floor={r['floor']:.2e} ode_err={r['ode_err']:.2e}"
+    return (f"{r['problem']:7s} {r['estimator']:38s} rtol={r['rtol']:.0e} err={r['err']:.3e} "
+            f"std={r['std']:.3e}{extra} nfe={r['nfe']} time={r['seconds']:.3f}s")
+
+
+def _write(rows: list[dict], out_dir: Path, quick: bool, threads: int, plot: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"quick": quick, "threads": threads, "eps": EPS, "sde": "VPSDE(0.1, 20)",
+            "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    (out_dir / "likelihood.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = ["# Likelihood benchmark (exact oracle score, VP SDE, eps = 1e-5)", "",
+             f"quick={quick}, torch threads={threads}, 1-min load average at the end "
+             f"{meta['loadavg_1min']}.", "",
+             "| problem | estimator | rtol | mean abs err (nats) | per-example std | prior floor | "
+             "solver err (exact p_T) | NFE | wall (s) | time / reference |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ref = {r["problem"]: r["seconds"] for r in rows if r["estimator"].startswith("reference")}
+    for r in rows:
+        fl = "" if r["floor"] is None else f"{r['floor']:.2e}"
+        oe = "" if r["ode_err"] is None else f"{r['ode_err']:.2e}"
+        lines.append(f"| {r['problem']} | {r['estimator']} | {r['rtol']:.0e} | {r['err']:.3e} | "
+                     f"{r['std']:.3e} | {fl} | {oe} | {r['nfe']} | {r['seconds']:.3f} | "
+                     f"{r['seconds'] / ref[r['problem']]:.2f} |")
+    (out_dir / "likelihood.md").write_text("\n".join(lines) + "\n")
+    if plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, prob in zip(axes, ref):
+            for r in (r for r in rows if r["problem"] == prob):
+                marker = "*" if r["estimator"].startswith("reference") else ("o" if r["rtol"] < 1e-4 else "s")
+                ax.scatter(r["seconds"], r["err"], marker=marker, s=60,
+                           label=f"{r['estimator']} rtol={r['rtol']:.0e}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("wall time (s)")
+            ax.set_ylabel("mean |logp - log p_eps| (nats)")
+            ax.set_title(prob)
+            ax.grid(alpha=0.3)
+        axes[-1].legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        fig.savefig(out_dir / "likelihood.png", dpi=110)
+        plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer points, one timing repeat")
+    parser.add_argument("--repeats", type=int, default=None, help="timing repeats (min is kept)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", default=str(RESULTS), help="output directory")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    args = parser.parse_args(argv)
+    run(quick=args.quick, out_dir=args.out, repeats=args.repeats, threads=args.threads,
+        plot=not args.no_plot)
+
+
+if __name__ == "__main__":
+    main()
