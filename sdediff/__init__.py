@@ -6,14 +6,30 @@ through the probability-flow ODE, and a Gaussian-mixture oracle that knows the
 right answer for all of them.
 """
 from .analytic import GaussianMixture
-from .ddpm import DDPM
+from .datasets import TOY_DATASETS, load_digits_tensors, ring_params, toy_data
+from .ddpm import DDPM, VLBResult
+from .likelihood import (TRACE_ESTIMATORS, EvaluationResult, LikelihoodResult, bits_per_dim,
+                         dequantize, evaluate, log_likelihood)
+from .metrics import gaussian_frechet, mmd, mode_statistics, sliced_wasserstein
+from .nets import ResidualMLP, UNet, build_net
 from .samplers import available_samplers, register_sampler, sample, time_grid
 from .sde import SDE, LinearSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE",
-    "DDPM", "GaussianMixture",
+    # SDEs and the discrete chain
+    "SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "DDPM", "VLBResult",
+    # ground truth
+    "GaussianMixture",
+    # sampling
     "sample", "register_sampler", "available_samplers", "time_grid",
+    # likelihood
+    "log_likelihood", "evaluate", "bits_per_dim", "dequantize", "LikelihoodResult",
+    "EvaluationResult", "TRACE_ESTIMATORS",
+    # networks and data
+    "ResidualMLP", "UNet", "build_net", "toy_data", "ring_params", "TOY_DATASETS",
+    "load_digits_tensors",
+    # metrics
+    "sliced_wasserstein", "mmd", "gaussian_frechet", "mode_statistics",
 ]

@@ -525,6 +525,8 @@ class ReverseSDE(SDE):
         weight = 0.5 if self.probability_flow else 1.0
         G2 = G ** 2 if G.shape == x.shape else broadcast_like(G ** 2, x)
         rev_f = f - weight * G2 * self.score_fn(x, t)
+        if self.forward.noise_type == "diagonal":  # the - div(g g^T) dt term of the reverse drift
+            rev_f = rev_f - weight * dt * _diagonal_divergence(self.forward, x, t)[2]
         return rev_f, torch.zeros_like(G) if self.probability_flow else G
 
     def prior_sampling(self, shape, generator=None, dtype=None, device=None) -> Tensor:

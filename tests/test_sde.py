@@ -152,6 +152,10 @@ def test_reverse_adds_divergence_for_state_dependent_noise():
     assert torch.allclose(g, torch.sqrt(1 + x ** 2))
     ode_drift, _ = sde.reverse(zero_score, probability_flow=True).sde(x, t)
     assert torch.allclose(ode_drift, -x - x)
+    # and its discretization carries the same term, times dt
+    rev_f, rev_G = sde.reverse(zero_score).discretize(x, t, 0.01)
+    assert torch.allclose(rev_f, 0.01 * (-x - 2 * x))
+    assert torch.allclose(rev_G, 0.1 * torch.sqrt(1 + x ** 2))
 
 
 # ---------------------------------------------------------------- bad input
