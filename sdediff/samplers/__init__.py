@@ -149,15 +149,5 @@ def _nfe_text(info: SamplerInfo) -> str:
     return "adaptive NFE" if info.nfe_per_step is None else f"{info.nfe_per_step:g} NFE/step"
 
 
-def _register_builtins() -> None:
-    """Import the sampler modules so their ``@register_sampler`` decorators run."""
-    import importlib
-    for module in ("predictors", "correctors", "pc", "ode", "sde", "ddim", "dpm_solver", "edm"):
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as err:  # a module not written yet
-            if err.name != f"{__name__}.{module}":
-                raise
-
-
-_register_builtins()
+# Importing the sampler modules runs their ``@register_sampler`` decorators.
+from . import correctors, ddim, dpm_solver, edm, ode, pc, predictors, sde  # noqa: E402,F401

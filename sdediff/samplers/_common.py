@@ -72,7 +72,10 @@ class GuardedScore:
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"score_fn must return a tensor of x's shape {tuple(x.shape)}, got {got}")
-        if self.check_finite and not bool(torch.isfinite(out).all()):
+        # One reduction: a NaN/inf entry makes the sum non-finite (a finite sum that
+        # overflows falls through to the full elementwise check).
+        if self.check_finite and not bool(torch.isfinite(out.sum())) \
+                and not bool(torch.isfinite(out).all()):
             where = f"step {self.step}, " if self.step is not None else ""
             raise FloatingPointError(
                 f"score_fn returned NaN or inf at {where}t = {float(t_vec.flatten()[0]):.6g} "
