@@ -87,13 +87,37 @@ def reference_logp(score_fn, sde, x: torch.Tensor, eps: float = EPS, rtol: float
 def _row(problem, estimator, rtol, logp, exact, seconds, nfe, floor=None, ode_err=None):
     diff = logp - exact
     return {"problem": problem, "estimator": estimator, "rtol": rtol,
-            "err": float(diff.abs().mean()), "std": float(diff.std()), "bias": float(diff.mean()),
+            "err": float(diff.abs().mean()), "max_err": float(diff.abs().max()),
+            "std": float(diff.std()), "bias": float(diff.mean()),
             "floor": floor, "ode_err": ode_err, "seconds": seconds, "nfe": nfe}
+
+
+REFERENCE = "reference (scipy RK45, 1 Rademacher)"
+
+
+def configs() -> list[tuple[str, float, dict]]:
+    """``(label, rtol = atol, extra log_likelihood kwargs)`` of every timed run but the reference."""
+    out = []
+    for rtol in (1e-3, 1e-5):
+        out.append(("exact", rtol, dict(trace="exact")))
+    for rtol in (1e-4, 3e-5):
+        out.append(("exact, per-example norm", rtol, dict(trace="exact", error_norm="per_example")))
+    for label, kw in [("gaussian", dict(trace="gaussian")), ("rademacher", dict(trace="rademacher")),
+                      ("gaussian+cv", dict(trace="gaussian", control_variate=True)),
+                      ("rademacher, fresh probes", dict(trace="rademacher", fresh_probes=True)),
+                      ("rademacher x4, fresh probes", dict(trace="rademacher", probes=4, fresh_probes=True))]:
+        for rtol in (1e-3, 1e-5):
+            out.append((label, rtol, kw))
+    return out
 
 
 def run(quick: bool = False, out_dir: Path | str = RESULTS, repeats: int | None = None,
         threads: int = 1, plot: bool = True) -> list[dict]:
     """Run the benchmark and write JSON, markdown and PNG under ``out_dir``.
+
+    Every configuration and the reference are timed in the same process, with the
+    same thread count, interleaved: each repeat runs all of them once, and the
+    minimum wall time over the repeats is kept, so machine load hits all alike.
 
     Args:
         quick: fewer points (200 / 40) and one timing repeat.
@@ -109,35 +133,62 @@ def run(quick: bool = False, out_dir: Path | str = RESULTS, repeats: int | None 
     repeats = repeats or (1 if quick else 3)
     sde = sd.VPSDE()
     rows: list[dict] = []
-    estimators = [("exact", "exact", False), ("gaussian", "gaussian", False),
-                  ("rademacher", "rademacher", False), ("gaussian+cv", "gaussian", True)]
     for name, (oracle, n) in problems(quick).items():
         x = oracle.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         exact = oracle.marginal_log_prob(x, EPS, sde)
         score_fn = oracle.score_fn(sde)
-        for label, trace, cv in estimators:
-            for rtol in (1e-3, 1e-5):
-                best, res = math.inf, None
-                for rep in range(repeats):
-                    gen = torch.Generator().manual_seed(2)
-                    t0 = time.perf_counter()
-                    res = log_likelihood(score_fn, sde, x, eps=EPS, trace=trace, rtol=rtol, atol=rtol,
-                                         generator=gen, control_variate=cv)
-                    best = min(best, time.perf_counter() - t0)
+        jobs = configs() + [(REFERENCE, 1e-5, None)]
+        best = [math.inf] * len(jobs)
+        results: list = [None] * len(jobs)
+        for rep in range(repeats):
+            for j, (label, rtol, kw) in enumerate(jobs):
+                gen = torch.Generator().manual_seed(2)
+                t0 = time.perf_counter()
+                if kw is None:
+                    results[j] = reference_logp(score_fn, sde, x, generator=gen)
+                else:
+                    results[j] = log_likelihood(score_fn, sde, x, eps=EPS, rtol=rtol, atol=rtol,
+                                                generator=gen, **kw)
+                best[j] = min(best[j], time.perf_counter() - t0)
+        for j, (label, rtol, kw) in enumerate(jobs):
+            if kw is None:
+                logp, nfe = results[j]
+                rows.append(_row(name, label, rtol, logp, exact, best[j], nfe))
+            else:
+                res = results[j]
                 p_T = oracle.marginal_log_prob(res.z, sde.T, sde)
                 floor = float((res.prior_logp - p_T).abs().mean())
                 ode_err = float((res.delta_logp + p_T - exact).abs().mean())
-                rows.append(_row(name, label, rtol, res.logp, exact, best, res.nfe, floor, ode_err))
-                print(_fmt(rows[-1]), flush=True)
-        best, logp, nfe = math.inf, None, 0
-        for rep in range(repeats):
-            t0 = time.perf_counter()
-            logp, nfe = reference_logp(score_fn, sde, x, generator=torch.Generator().manual_seed(2))
-            best = min(best, time.perf_counter() - t0)
-        rows.append(_row(name, "reference (scipy RK45, 1 Rademacher)", 1e-5, logp, exact, best, nfe))
-        print(_fmt(rows[-1]), flush=True)
+                rows.append(_row(name, label, rtol, res.logp, exact, best[j], res.nfe, floor, ode_err))
+            print(_fmt(rows[-1]), flush=True)
     _write(rows, Path(out_dir), quick, threads, plot)
     return rows
+
+
+def goals(rows: list[dict]) -> list[str]:
+    """Markdown lines checking the issue-4 goals against this run's rows."""
+    lines = []
+    ref = {r["problem"]: r for r in rows if r["estimator"] == REFERENCE}
+    for prob, bar in (("ring2d", "err <= 1e-4 nats"), ("mix64d", "err <= 1.1 x prior floor")):
+        if prob not in ref:
+            continue
+        for r in rows:
+            if r["problem"] != prob or not r["estimator"].startswith("exact"):
+                continue
+            ok = r["err"] <= 1e-4 if prob == "ring2d" else r["err"] <= 1.1 * r["floor"]
+            t = r["seconds"] / ref[prob]["seconds"]
+            lines.append(f"- {prob}, {r['estimator']}, rtol {r['rtol']:.0e}: {bar}: "
+                         f"{'yes' if ok else 'no'} (err {r['err']:.2e}); time {t:.2f}x reference: "
+                         f"{'yes' if t <= 1 else 'no'}")
+        plain = {r["rtol"]: r for r in rows if r["problem"] == prob and r["estimator"] == "rademacher"}
+        for r in rows:
+            if r["problem"] != prob or "fresh" not in r["estimator"] or r["rtol"] not in plain:
+                continue
+            p = plain[r["rtol"]]
+            lines.append(f"- {prob}, {r['estimator']}, rtol {r['rtol']:.0e}: per-example std "
+                         f"{p['std'] / r['std']:.2f}x lower than one fixed Rademacher probe at the same "
+                         f"rtol, at {r['seconds'] / p['seconds']:.2f}x its wall time")
+    return lines
 
 
 def _fmt(r: dict) -> str:
@@ -155,16 +206,17 @@ def _write(rows: list[dict], out_dir: Path, quick: bool, threads: int, plot: boo
     lines = ["# Likelihood benchmark (exact oracle score, VP SDE, eps = 1e-5)", "",
              f"quick={quick}, torch threads={threads}, 1-min load average at the end "
              f"{meta['loadavg_1min']}.", "",
-             "| problem | estimator | rtol | mean abs err (nats) | per-example std | prior floor | "
-             "solver err (exact p_T) | NFE | wall (s) | time / reference |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| problem | estimator | rtol | mean abs err (nats) | max abs err | per-example std | "
+             "prior floor | solver err (exact p_T) | NFE | wall (s) | time / reference |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     ref = {r["problem"]: r["seconds"] for r in rows if r["estimator"].startswith("reference")}
     for r in rows:
         fl = "" if r["floor"] is None else f"{r['floor']:.2e}"
         oe = "" if r["ode_err"] is None else f"{r['ode_err']:.2e}"
         lines.append(f"| {r['problem']} | {r['estimator']} | {r['rtol']:.0e} | {r['err']:.3e} | "
-                     f"{r['std']:.3e} | {fl} | {oe} | {r['nfe']} | {r['seconds']:.3f} | "
+                     f"{r['max_err']:.2e} | {r['std']:.3e} | {fl} | {oe} | {r['nfe']} | {r['seconds']:.3f} | "
                      f"{r['seconds'] / ref[r['problem']]:.2f} |")
+    lines += ["", "## Goals of issue 4, checked on this run", ""] + goals(rows)
     (out_dir / "likelihood.md").write_text("\n".join(lines) + "\n")
     if plot:
         import matplotlib

@@ -357,3 +357,56 @@ def test_evaluate_two_processes_match_one(tmp_path):
         assert torch.allclose(got["hutch"], hutch.logp, rtol=0, atol=1e-10)
         assert got["nfe"] == hutch.nfe
     assert os.path.exists(f"{out}.1")
+
+
+# ------------------------------------------------ solver options: error norm, fresh probes
+def test_per_example_norm_bounds_the_worst_example():
+    oracle, sde = ring(), sd.VPSDE()
+    x = draw(oracle, 300, seed=1)
+    exact = oracle.marginal_log_prob(x, EPS, sde)
+    errs = {}
+    for norm in ("batch", "per_example"):
+        res = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-4, atol=1e-4,
+                             error_norm=norm, prior_logp=exact_prior(oracle, sde))
+        errs[norm] = (res.logp - exact).abs()
+    # The batch RMS norm lets the hardest examples carry errors far above the tolerance
+    # (measured worst case ~1e-1 nats at rtol 1e-4 on 1,000 ring points); holding every
+    # example to it cuts the worst case (measured ~1e-2) and the mean. Ask for 3x on the max.
+    assert errs["per_example"].max() < errs["batch"].max() / 3, (errs["per_example"].max(), errs["batch"].max())
+    assert errs["per_example"].mean() < errs["batch"].mean()
+    with pytest.raises(ValueError, match="error_norm"):
+        log_likelihood(oracle.score_fn(sde), sde, x[:4], error_norm="max")
+
+
+def test_small_d_loop_and_vectorized_exact_trace_agree(monkeypatch):
+    import sdediff.likelihood as lk
+    oracle, sde = ring(), sd.VPSDE()
+    x = draw(oracle, 50, seed=3)
+    a = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(lk, "_EXACT_LOOP_MAX_DIM", 0)  # force the vmapped path
+    b = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-4, atol=1e-4)
+    # The same d VJPs computed two ways: equal to round-off, so the solver takes the same steps.
+    assert a.nfe == b.nfe
+    assert torch.allclose(a.logp, b.logp, rtol=0, atol=1e-10)
+
+
+def test_fresh_probes_are_unbiased_and_cut_the_variance():
+    oracle, sde = ring(), sd.VPSDE()
+    x = draw(oracle, 4, seed=4)
+    reps = 50  # 50 copies of each point: 50 independent probe sequences in one solve
+    xr = x.repeat(reps, 1)
+    exact_trace = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS).logp
+    est = {}
+    for fresh in (False, True):
+        res = log_likelihood(oracle.score_fn(sde), sde, xr, eps=EPS, trace="rademacher",
+                             fresh_probes=fresh, generator=torch.Generator().manual_seed(5))
+        est[fresh] = res.logp.reshape(reps, -1)
+    mean, se = est[True].mean(0), est[True].std(0) / math.sqrt(reps)
+    # Unbiased: the 50-draw mean lies within 3 standard errors of the exact-trace value.
+    assert ((mean - exact_trace).abs() <= 3 * se).all(), (mean - exact_trace, se)
+    # Variance: one fixed probe vs a new probe at every evaluation (~100 evaluations).
+    # Measured ~2x lower std on the ring at rtol 1e-5 averaged over points; a single point
+    # can gain less, so ask only that the average std drops by 1.3x.
+    assert est[True].std(0).mean() < est[False].std(0).mean() / 1.3, (est[True].std(0), est[False].std(0))
+    with pytest.raises(ValueError, match="fresh_probes"):
+        log_likelihood(oracle.score_fn(sde), sde, x, fresh_probes=True)

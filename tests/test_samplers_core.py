@@ -61,7 +61,6 @@ def ring_floor():
     return sw_noise_floor(ring(), N_RING)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name,sde,steps,opts", RING_CASES,
                          ids=[f"{c[0]}-{type(c[1]).__name__}-{c[3]}" for c in RING_CASES])
 def test_ring_within_noise_floor(name, sde, steps, opts, ring_floor):
@@ -72,7 +71,6 @@ def test_ring_within_noise_floor(name, sde, steps, opts, ring_floor):
     assert sliced_w2(x, ref) < 1.5 * ring_floor
 
 
-@pytest.mark.slow
 def test_coarse_sampler_fails_noise_floor(ring_floor):
     """The ring test can fail: Euler with 3 steps is visibly wrong."""
     target = ring()
@@ -95,7 +93,6 @@ def _pf_reference(target, sde, x_T, eps=1e-3):
                   options={"step_t": t[-1:], "first_step": 1e-3})[-1]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name,opts,order,steps", [
     ("euler", {}, 1, [32, 64, 128, 256]),
     ("ode", {"method": "midpoint"}, 2, [32, 64, 128, 256]),
@@ -123,7 +120,6 @@ def _weak_error(name, steps, n, seed, **opts):
     return float((x.mean(0) - mean).norm() + (torch.cov(x.T) - cov).norm())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name,opts", [("euler_maruyama", {}), ("reverse_diffusion", {}), ("ancestral", {}),
                                        ("pc", {}), ("sde", {})])
 def test_weak_error_falls_with_steps(name, opts):
