@@ -121,8 +121,8 @@ class SDE(abc.ABC):
         elif dtype is not None or device is not None:
             t = t.to(dtype=dtype or t.dtype, device=device or t.device)
         tol = _T_TOL * self.T
-        bad = ~torch.isfinite(t) | (t < -tol) | (t > self.T + tol)
-        if bool(bad.any()):
+        # NaN fails both comparisons, so one pass catches it too.
+        if not bool(((t >= -tol) & (t <= self.T + tol)).all()):
             raise ValueError(
                 f"t must lie in [0, T] = [0, {self.T}], got values in "
                 f"[{t.min().item():.6g}, {t.max().item():.6g}]")

@@ -1,0 +1,227 @@
+"""The Trainer: exact resume, atomic checkpoints, NaN handling, early stopping, clear errors,
+data-parallel equivalence, and (slow) the ring NLL target of issue 5."""
+import copy
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sdediff as sd
+import sdediff.training as training
+from sdediff.datasets import toy_data
+from sdediff.nets import build_net
+from sdediff.parameterization import DiscreteScoreModel, ScoreModel
+from sdediff.training import Trainer, latest_checkpoint, load_checkpoint, read_checkpoint_meta
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The nets here are tiny: one intra-op thread is several times faster than two on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _trainer(out_dir=None, *, hidden=32, steps=20, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = ScoreModel(build_net("mlp", dim=2, hidden=hidden, depth=2), sd.VPSDE(), "eps")
+    data = toy_data("ring", 512, generator=seed)
+    opts = dict(steps=steps, batch_size=64, lr=3e-3, warmup=5, out_dir=out_dir, checkpoint_every=10,
+                log_every=5, seed=seed, progress=False)
+    opts.update(kw)
+    return Trainer(model, data=data, **opts)
+
+
+def _max_diff(a, b):
+    return max(float((p - q).abs().max()) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_training_reduces_the_loss_and_logs(tmp_path):
+    tr = _trainer(tmp_path, steps=40, lr=1e-2, log_every=10)
+    tr.train()
+    first, last = sum(tr.losses[:10]) / 10, sum(tr.losses[-10:]) / 10
+    # A fresh net has loss E||z||^2 = 2; 40 steps on the ring must cut it by a clear margin (to ~1.1).
+    assert first > 1.5 and last < 0.8 * first, (first, last)
+    records = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert set(records[0]) >= {"step", "loss", "lr", "grad_norm", "time"}
+
+
+def test_resume_equals_the_uninterrupted_run(tmp_path):
+    full = _trainer(tmp_path / "full", steps=20)
+    full.train()
+    part = _trainer(tmp_path / "part", steps=20)
+    part.train(until=10)
+    resumed = _trainer(tmp_path / "part", steps=20)
+    assert resumed.resume() == 10
+    resumed.train()
+    assert resumed.losses == full.losses[10:]  # bit-identical: same data order, t, z and optimizer state
+    assert _max_diff(resumed.model, full.model) == 0.0
+    assert _max_diff(resumed.ema, full.ema) == 0.0
+
+
+def test_load_checkpoint_rebuilds_the_ema_model(tmp_path):
+    tr = _trainer(tmp_path, steps=10)
+    tr.train()
+    model = load_checkpoint(tmp_path)
+    x, t = torch.randn(7, 2), torch.rand(7) * 0.9 + 0.05
+    assert torch.equal(model(x, t), tr.ema(x, t))
+    meta = read_checkpoint_meta(tmp_path)
+    assert meta["architecture"]["net"] == {"name": "mlp", "config": tr.model.net.config}
+    assert meta["architecture"]["sde"]["type"] == "VPSDE"
+    assert not torch.equal(load_checkpoint(tmp_path, which="model")(x, t), model(x, t))
+
+
+def test_interrupted_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
+    tr = _trainer(tmp_path, steps=20)
+    tr.train(until=10)
+    before = load_checkpoint(tmp_path)
+    calls = {"n": 0}
+    real = training._save_tensors
+
+    def failing(tensors, path):
+        calls["n"] += 1
+        if calls["n"] == 3:  # die mid-write, after model and EMA weights are on disk
+            raise OSError("disk full (simulated)")
+        real(tensors, path)
+
+    monkeypatch.setattr(training, "_save_tensors", failing)
+    with pytest.raises(OSError, match="simulated"):
+        tr.train()
+    assert latest_checkpoint(tmp_path).name == "step_00000010"
+    after = load_checkpoint(tmp_path)
+    assert _max_diff(before, after) == 0.0
+    monkeypatch.setattr(training, "_save_tensors", real)
+    again = _trainer(tmp_path, steps=20)
+    assert again.resume() == 10
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
+    tr = _trainer(tmp_path, steps=20)
+    tr.train(until=10)
+    with torch.no_grad():
+        tr.model.net.output.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="step 11"):
+        tr.train()
+    model = load_checkpoint(tmp_path)
+    assert read_checkpoint_meta(tmp_path)["step"] == 10
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_early_stopping_keeps_the_best_ema(tmp_path, monkeypatch):
+    val = toy_data("ring", 128, generator=9)
+    tr = _trainer(tmp_path, steps=50, val_data=val, val_every=5, early_stopping=2)
+    sequence = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    snapshots = {}
+
+    def fake_validation_loss(model=None, chunk=1024):
+        snapshots[tr.step] = copy.deepcopy(tr.ema.state_dict())
+        return next(sequence)
+
+    monkeypatch.setattr(tr, "validation_loss", fake_validation_loss)
+    tr.train()
+    assert tr.stopped_early and tr.step == 20  # validations at 5, 10 (best), 15, 20 (2nd worse)
+    assert tr.best_step == 10 and tr.best_val == 2.0
+    best = tr.best_model.state_dict()
+    assert all(torch.equal(best[k], snapshots[10][k]) for k in best)
+    assert _max_diff(load_checkpoint(tmp_path, which="best"), tr.best_model) == 0.0
+
+
+def test_validation_loss_is_deterministic_and_real():
+    tr = _trainer(None, steps=5, val_data=toy_data("ring", 100, generator=9))
+    a, b = tr.validation_loss(), tr.validation_loss()
+    assert a == b and math.isfinite(a)
+    # The fresh EMA net predicts eps = 0: the loss is the mean of ||z||^2 over 100 draws, ~2.
+    assert abs(a - 2.0) < 4 * math.sqrt(4 / 100)
+
+
+def test_wrong_data_shape_names_the_mismatch():
+    model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1), sd.VPSDE())
+    with pytest.raises(ValueError, match=r"data has examples of shape \(3,\).*mlp"):
+        Trainer(model, data=torch.zeros(100, 3), progress=False, batch_size=10)
+    with pytest.raises(ValueError, match=r"val_data has examples of shape \(1, 8, 8\)"):
+        Trainer(model, data=torch.zeros(100, 2), val_data=torch.zeros(10, 1, 8, 8), batch_size=10)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        Trainer(model, data=torch.zeros(100, 2), weighting="elbo", batch_size=10)
+    with pytest.raises(ValueError, match="batch_size=200 exceeds the number of training examples"):
+        Trainer(model, data=torch.zeros(100, 2), batch_size=200)
+
+
+def test_checkpoint_from_another_architecture_is_refused(tmp_path):
+    _trainer(tmp_path, steps=10, hidden=32).train()
+    other = _trainer(tmp_path, steps=20, hidden=48)
+    with pytest.raises(ValueError, match=r"another architecture: net hidden=32 in the checkpoint vs 48 here"):
+        other.resume()
+
+
+def test_discrete_model_trains_with_the_ddpm_loss(tmp_path):
+    torch.manual_seed(0)
+    ddpm = sd.DDPM(num_steps=100, beta_start=1e-3, beta_end=0.2)  # N * beta = VPSDE's (0.1, 20)
+    model = DiscreteScoreModel(build_net("mlp", dim=2, hidden=32, depth=2), ddpm, index_scale=1 / 100)
+    tr = Trainer(model, data=toy_data("ring", 512, generator=0), steps=40, batch_size=64, lr=1e-2, warmup=5,
+                 out_dir=tmp_path, checkpoint_every=40, progress=False)
+    tr.train()
+    assert sum(tr.losses[-10:]) / 10 < 0.8 * sum(tr.losses[:10]) / 10
+    loaded = load_checkpoint(tmp_path)
+    assert isinstance(loaded, DiscreteScoreModel) and loaded.ddpm.num_steps == 100
+    x, t = torch.randn(4, 2), ddpm.time(torch.tensor([1, 10, 50, 100])).float()
+    assert torch.equal(loaded(x, t), tr.ema(x, t))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_two_process_gloo_run_equals_one_process(tmp_path):
+    from safetensors.torch import load_file
+    sys.path.insert(0, str(HERE))
+    import _training_ddp_worker as worker
+
+    worker.run(str(tmp_path / "one.safetensors"))
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           str(HERE / "_training_ddp_worker.py"), str(tmp_path / "two.safetensors")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
+    assert int(one["world_size"]) == 1 and int(two["world_size"]) == 2
+    # Same global batch, t and z; DDP's gradient average = the one-process batch mean, so the
+    # difference is float64 summation-order round-off (~1e-15), far inside the required 1e-6.
+    assert float((one["losses"] - two["losses"]).abs().max()) < 1e-10
+    worst = max(float((one[k] - two[k]).abs().max()) for k in one if k not in ("losses", "world_size"))
+    assert worst < 1e-6, worst
+
+
+@pytest.mark.slow
+def test_ring_mlp_reaches_the_true_entropy_within_0_1_nats():
+    """Issue 5: <= 2 minutes of training, held-out NLL (exact trace, VP) within 0.1 nats of H."""
+    from benchmarks.training import ring_experiment
+    res = ring_experiment(train_seconds=60.0, num_test=1000, seed=0)
+    # The paired gap E[log p_true - log p_model] on the test points is a KL estimate; the NLL is
+    # compared against the mixture's entropy (MC estimate, SE ~0.002) with the test set's own
+    # sampling error (SE ~0.03 for 1000 points) on top: 0.1 nats is the issue's bound.
+    assert res["nll"] - res["entropy"] < 0.1, res
+    assert res["kl_gap"] < 0.1, res
+
+
+def test_ring_benchmark_smoke():
+    """A few seconds of the ring experiment: the plumbing from Trainer to log_likelihood works."""
+    from benchmarks.training import ring_experiment
+    res = ring_experiment(train_seconds=2.0, num_test=40, seed=1, num_curve=20)
+    assert res["steps"] >= 10 and math.isfinite(res["nll"])
+    # KL(p || model) >= 0: the paired gap may only be negative by Monte-Carlo error.
+    assert res["kl_gap"] > -4 * res["kl_gap_se"], res
