@@ -8,12 +8,15 @@ right answer for all of them.
 from .analytic import GaussianMixture
 from .datasets import TOY_DATASETS, load_digits_tensors, ring_params, toy_data
 from .ddpm import DDPM, VLBResult
-from .likelihood import (TRACE_ESTIMATORS, EvaluationResult, LikelihoodResult, bits_per_dim,
+from .likelihood import (ERROR_NORMS, TRACE_ESTIMATORS, EvaluationResult, LikelihoodResult, bits_per_dim,
                          dequantize, evaluate, log_likelihood)
+from .losses import ddpm_loss, dsm_loss, explicit_score_matching_loss
 from .metrics import gaussian_frechet, mmd, mode_statistics, sliced_wasserstein
 from .nets import ResidualMLP, UNet, build_net
+from .parameterization import DiscreteScoreModel, ScoreModel
 from .samplers import available_samplers, register_sampler, sample, time_grid
 from .sde import SDE, LinearSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from .training import Trainer, load_checkpoint
 
 __version__ = "0.1.0"
 
@@ -26,7 +29,10 @@ __all__ = [
     "sample", "register_sampler", "available_samplers", "time_grid",
     # likelihood
     "log_likelihood", "evaluate", "bits_per_dim", "dequantize", "LikelihoodResult",
-    "EvaluationResult", "TRACE_ESTIMATORS",
+    "EvaluationResult", "TRACE_ESTIMATORS", "ERROR_NORMS",
+    # models and training
+    "ScoreModel", "DiscreteScoreModel", "dsm_loss", "ddpm_loss", "explicit_score_matching_loss",
+    "Trainer", "load_checkpoint",
     # networks and data
     "ResidualMLP", "UNet", "build_net", "toy_data", "ring_params", "TOY_DATASETS",
     "load_digits_tensors",
