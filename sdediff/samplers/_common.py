@@ -62,11 +62,20 @@ class GuardedScore:
         self.nfe = 0
         self.check_finite = check_finite
         self.step: int | None = None
+        self._last_t: tuple | None = None  # (key, tensor): multistage steps reuse one t
+
+    def _time_vector(self, x: Tensor, t) -> Tensor:
+        """``t`` as a ``(B,)`` tensor in ``x``'s dtype and device (cached for a repeated float)."""
+        if isinstance(t, Tensor) and t.dim() == 1:
+            return t.to(dtype=x.dtype, device=x.device)
+        key = (float(t), x.shape[0], x.dtype, x.device)
+        if self._last_t is None or self._last_t[0] != key:
+            vec = torch.full((x.shape[0],), key[0], dtype=x.dtype, device=x.device)
+            self._last_t = (key, vec)
+        return self._last_t[1]
 
     def __call__(self, x: Tensor, t) -> Tensor:
-        t_vec = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t_vec.dim() == 0:
-            t_vec = t_vec.expand(x.shape[0])
+        t_vec = self._time_vector(x, t)
         out = self.score_fn(x, t_vec)
         self.nfe += 1
         if not isinstance(out, Tensor) or out.shape != x.shape:
@@ -74,7 +83,7 @@ class GuardedScore:
             raise ValueError(f"score_fn must return a tensor of x's shape {tuple(x.shape)}, got {got}")
         # One reduction: a NaN/inf entry makes the sum non-finite (a finite sum that
         # overflows falls through to the full elementwise check).
-        if self.check_finite and not bool(torch.isfinite(out.sum())) \
+        if self.check_finite and not math.isfinite(float(out.sum())) \
                 and not bool(torch.isfinite(out).all()):
             where = f"step {self.step}, " if self.step is not None else ""
             raise FloatingPointError(
