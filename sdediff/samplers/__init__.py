@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..sde import SDE, LinearSDE
-from ._common import GRIDS, GuardedScore, denoiser_from_score, time_grid
+from ._common import GRIDS, GuardedScore, time_grid, tweedie
 
 __all__ = ["sample", "register_sampler", "available_samplers", "SamplerInfo", "time_grid"]
 
@@ -141,7 +141,8 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
                     callback=callback, **options)
         if denoise:
             score.step = steps
-            x = denoiser_from_score(score, sde, x, float(ts[-1]))
+            t_end = ts[-1:].to(torch.float64)
+            x = tweedie(score, x, float(t_end), float(sde.scale(t_end)), float(sde.std(t_end)))
     return (x, score.nfe) if return_nfe else x
 
 

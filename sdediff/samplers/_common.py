@@ -1,4 +1,4 @@
-"""Pieces every sampler shares: time grids, the guarded score function, score <-> denoiser."""
+"""Pieces every sampler shares: time grids, the guarded score function, Tweedie's denoiser."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..sde import SDE, LinearSDE, broadcast_like
+from ..sde import SDE, LinearSDE
 
 GRIDS = ("uniform", "quadratic", "karras", "logsnr")
 
@@ -92,24 +92,12 @@ class GuardedScore:
         return out
 
 
-def denoiser_from_score(score: Callable, sde: LinearSDE, x: Tensor, t) -> Tensor:
-    """Tweedie's formula ``E[x0 | x_t] = (x + s(t)^2 score(x, t)) / a(t)``."""
-    t_vec = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t_vec.dim() == 0:
-        t_vec = t_vec.expand(x.shape[0])
-    a = broadcast_like(sde.scale(t_vec), x)
-    s = broadcast_like(sde.std(t_vec), x)
-    return (x + s ** 2 * score(x, t_vec)) / a
+def tweedie(score: Callable, x: Tensor, t: float, a: float, s: float) -> Tensor:
+    """Tweedie's formula ``x0_hat = E[x0 | x_t] = (x + s^2 score(x, t)) / a`` (one NFE).
 
-
-def score_from_denoiser(x0_hat: Tensor, sde: LinearSDE, x: Tensor, t) -> Tensor:
-    """``score = -(x - a x0_hat) / s^2``."""
-    t_vec = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t_vec.dim() == 0:
-        t_vec = t_vec.expand(x.shape[0])
-    a = broadcast_like(sde.scale(t_vec), x)
-    s = broadcast_like(sde.std(t_vec), x)
-    return -(x - a * x0_hat) / s ** 2
+    ``a = scale(t)`` and ``s = std(t)`` are Python floats: every example shares the step's time.
+    """
+    return torch.add(x, score(x, t), alpha=s * s).div_(a)
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:

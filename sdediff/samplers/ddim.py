@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..sde import LinearSDE
 from . import register_sampler
-from ._common import randn_like
+from ._common import randn_like, tweedie
 
 __all__ = ["ddim", "schedule", "tweedie"]
 
@@ -57,11 +57,6 @@ def schedule(sde: LinearSDE, ts: Tensor) -> tuple[list[float], list[float], list
                          "(use eps > 0)")
     lam = [math.log(ai / si) for ai, si in zip(a, s)]
     return a, s, lam
-
-
-def tweedie(score, x: Tensor, t: float, a: float, s: float) -> Tensor:
-    """``x0_hat = E[x0 | x_t] = (x + s^2 score(x, t)) / a`` (one NFE; ``a``, ``s`` floats)."""
-    return torch.add(x, score(x, t), alpha=s * s).div_(a)
 
 
 def _check_unit_interval(name: str, value) -> float:

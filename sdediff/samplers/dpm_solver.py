@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from ..sde import LinearSDE
 from . import register_sampler
-from .ddim import schedule, tweedie
+from ._common import tweedie
+from .ddim import schedule
 
 __all__ = ["dpm_solver", "dpm_solver_adaptive"]
 
