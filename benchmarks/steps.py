@@ -60,9 +60,7 @@ KNOWN_VARIANTS = {
 
 def ring2d() -> sd.GaussianMixture:
     """8 equal modes of std 0.5 on the circle of radius 4."""
-    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
-    means = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=1)
-    return sd.GaussianMixture(means, torch.full((8,), 0.5, dtype=torch.float64))
+    return sd.GaussianMixture(*sd.ring_params(8, radius=4.0, std=0.5))
 
 
 def mix64(seed: int = 0) -> sd.GaussianMixture:

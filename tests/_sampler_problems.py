@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -36,9 +35,7 @@ SW_PROJECTIONS = 128
 
 def ring(num_modes: int = 8, radius: float = RING_RADIUS, std: float = RING_STD) -> sd.GaussianMixture:
     """The 2-D ring mixture (8 modes, radius 4, std 0.5)."""
-    angles = torch.arange(num_modes, dtype=torch.float64) * (2 * math.pi / num_modes)
-    means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
-    return sd.GaussianMixture(means, std)
+    return sd.GaussianMixture(*sd.ring_params(num_modes, radius, std))
 
 
 def gaussian() -> sd.GaussianMixture:

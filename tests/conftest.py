@@ -1,5 +1,4 @@
 """Shared test problems: the standard SDEs and Gaussian-mixture oracles."""
-import math
 
 import pytest
 import torch
@@ -11,9 +10,7 @@ torch.set_num_threads(2)
 
 def ring_mixture(num_modes: int = 8, radius: float = 4.0, std: float = 0.5) -> sd.GaussianMixture:
     """An isotropic Gaussian ring: ``num_modes`` equal-weight modes on a circle."""
-    angles = torch.arange(num_modes, dtype=torch.float64) * (2 * math.pi / num_modes)
-    means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
-    return sd.GaussianMixture(means, torch.full((num_modes,), std, dtype=torch.float64))
+    return sd.GaussianMixture(*sd.ring_params(num_modes, radius, std))
 
 
 def random_mixture(dim: int = 64, num_modes: int = 10, seed: int = 0) -> sd.GaussianMixture:
