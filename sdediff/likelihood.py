@@ -14,6 +14,19 @@ one backward pass vectorized by ``torch.func.vmap`` -- autograd's
 Skilling-Hutchinson estimate ``v^T (dF/dx) v`` with probes ``v`` drawn once per
 solve and held fixed, as the estimator requires (all probes in one batched VJP).
 
+With ``quadrature=n`` the two parts are decoupled instead. The divergence does not
+feed back into ``x``, so ``x(t)`` is solved alone (forward passes only, no graph),
+read off by the solver's dense output at the ``n`` Gauss-Legendre nodes of the
+log-SNR interval, and ``int div F dt`` becomes a quadrature whose ``n`` node
+divergences are computed in a few large batched passes. With the library's
+``lambda = log(a / s)`` (:meth:`LinearSDE.log_snr`), ``d(s^2)/dt = 2 f s^2 + g^2``
+gives ``dt/dlambda = -2 s^2 / g^2`` for every linear SDE, so::
+
+    int_eps^T div F dt = d log(a(T) / a(eps)) - int_{lambda_T}^{lambda_eps} s^2 tr(d score/dx) dlambda,
+
+the first term exact. With Hutchinson probes every node draws its own, so the
+probe noise of ``n`` nodes averages out instead of being frozen along one solve.
+
 Cost: the exact trace costs about ``d`` backward passes of arithmetic per
 evaluation (vectorized, so no Python loop), one probe about one. For small ``d``
 (2-D) the forward pass and fixed overheads dominate and the exact trace costs
@@ -241,7 +254,7 @@ class _ProbabilityFlow:
         self.control_variate = control_variate
         self.fresh = fresh  # draw new probes at every evaluation (see log_likelihood)
         self.fresh_generator = fresh_generator
-        self._loop = False
+        self.batched_vjp = _BatchedVJP()
 
     def __call__(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x_flat = state[0]
@@ -265,54 +278,78 @@ class _ProbabilityFlow:
         out, tr = out.detach(), tr.detach()
         if not self.linear:
             return out, tr
-        f_t = self.sde.f(t_vec).to(x_flat)[:, None]
-        half_g2 = 0.5 * self.sde.g(t_vec).to(x_flat)[:, None] ** 2
+        # f and g at the one time of this evaluation, broadcast over the batch.
+        t_one = t_vec[:1]
+        f_t = self.sde.f(t_one).to(x_flat)[:, None]
+        half_g2 = 0.5 * self.sde.g(t_one).to(x_flat)[:, None] ** 2
         # F = f x - g^2/2 score,  div F = d f - g^2/2 tr(d score / dx).
         return f_t * x_flat - half_g2 * out, self.dim * f_t[:, 0] - half_g2[:, 0] * tr
 
-    # The exact trace: sum_i e_i^T J e_i, the d cotangents e_i batched by vmap in chunks.
-    def _exact_trace(self, vjp_fn, x_flat: Tensor) -> Tensor:
-        batch, d = x_flat.shape
-        if d <= _EXACT_LOOP_MAX_DIM:  # small d: d plain backward passes, no vmap
-            tr = torch.zeros(batch, dtype=x_flat.dtype, device=x_flat.device)
-            for i in range(d):
-                e_i = torch.zeros_like(x_flat)
-                e_i[:, i] = 1.0
-                tr = tr + vjp_fn.single(e_i)[:, i]
-            return tr
-        chunk = max(1, min(d, _EXACT_CHUNK_ELEMENTS // max(1, batch * d)))
-        tr = torch.zeros(batch, dtype=x_flat.dtype, device=x_flat.device)
-        for start in range(0, d, chunk):
-            idx = torch.arange(start, min(d, start + chunk), device=x_flat.device)
-            basis = torch.zeros(idx.numel(), batch, d, dtype=x_flat.dtype, device=x_flat.device)
-            basis[torch.arange(idx.numel(), device=x_flat.device), :, idx] = 1.0
-            rows = self._batched_vjp(vjp_fn, basis)  # (c, B, d): row i of J for every example
-            tr = tr + rows.gather(2, idx.view(-1, 1, 1).expand(-1, batch, 1)).sum((0, 2))
-        return tr
+    def _exact_trace(self, vjp_fn: "_VJP", x_flat: Tensor) -> Tensor:
+        return _exact_trace(vjp_fn, x_flat, self.batched_vjp)
 
-    # Skilling-Hutchinson: mean_p v_p^T J v_p, every probe in one batched VJP.
-    def _hutchinson(self, vjp_fn, out: Tensor) -> Tensor:
-        v = self.probes
-        quad = (self._batched_vjp(vjp_fn, v) * v).sum(-1)  # (P, B): v^T J v
-        if self.control_variate:
-            # v^T (J - c I) v + c d is unbiased for any c independent of v. The Fisher
-            # identity E[score score^T] = -E[d score/dx] gives the probe-free guess
-            # c = -|score|^2 / d of J's mean diagonal (J = d score/dx, linear SDEs).
-            c = -out.pow(2).sum(-1) / self.dim
-            quad = quad - c * ((v * v).sum(-1) - self.dim)
+    def _hutchinson(self, vjp_fn: "_VJP", out: Tensor) -> Tensor:
+        quad = _hutchinson_forms(vjp_fn, self.probes, out, self.batched_vjp, self.control_variate)
         return quad.mean(0)
 
-    def _batched_vjp(self, vjp_fn: "_VJP", cotangents: Tensor) -> Tensor:
-        """``v^T J`` for a stack ``(c, B, d)`` of cotangents ``v``: one vectorized backward pass."""
-        if not self._loop:
+
+class _BatchedVJP:
+    """``v^T J`` for a stack ``(c, B, d)`` of cotangents ``v``: one vectorized backward pass,
+    or -- once vectorizing has failed for this score -- one pass per cotangent."""
+
+    def __init__(self):
+        self.loop = False
+
+    def __call__(self, vjp_fn: "_VJP", cotangents: Tensor) -> Tensor:
+        if cotangents.shape[0] == 1:  # one cotangent: a plain pass, without vmap's overhead
+            return vjp_fn.single(cotangents[0])[None]
+        if not self.loop:
             try:
                 return vjp_fn.batched(cotangents)
             except (RuntimeError, NotImplementedError) as err:
                 warnings.warn(f"vectorizing the score's backward pass failed ({err}); falling "
                               "back to one backward pass per cotangent (slower)",
-                              RuntimeWarning, stacklevel=3)
-                self._loop = True
+                              RuntimeWarning, stacklevel=4)
+                self.loop = True
         return torch.stack([vjp_fn.single(c) for c in cotangents])
+
+
+def _exact_trace(vjp_fn: "_VJP", x_flat: Tensor, batched_vjp: _BatchedVJP) -> Tensor:
+    """``tr J = sum_i e_i^T J e_i`` for every row of ``x_flat`` ``(B, d)``: the ``d``
+    cotangents ``e_i`` batched by vmap in chunks (plain passes for tiny ``d``)."""
+    batch, d = x_flat.shape
+    if d <= _EXACT_LOOP_MAX_DIM:  # small d: d plain backward passes, no vmap
+        tr = torch.zeros(batch, dtype=x_flat.dtype, device=x_flat.device)
+        for i in range(d):
+            e_i = torch.zeros_like(x_flat)
+            e_i[:, i] = 1.0
+            tr = tr + vjp_fn.single(e_i)[:, i]
+        return tr
+    chunk = max(1, min(d, _EXACT_CHUNK_ELEMENTS // max(1, batch * d)))
+    tr = torch.zeros(batch, dtype=x_flat.dtype, device=x_flat.device)
+    for start in range(0, d, chunk):
+        idx = torch.arange(start, min(d, start + chunk), device=x_flat.device)
+        basis = torch.zeros(idx.numel(), batch, d, dtype=x_flat.dtype, device=x_flat.device)
+        basis[torch.arange(idx.numel(), device=x_flat.device), :, idx] = 1.0
+        rows = batched_vjp(vjp_fn, basis)  # (c, B, d): row i of J for every example
+        tr = tr + rows.gather(2, idx.view(-1, 1, 1).expand(-1, batch, 1)).sum((0, 2))
+    return tr
+
+
+def _hutchinson_forms(vjp_fn: "_VJP", v: Tensor, out: Tensor, batched_vjp: _BatchedVJP,
+                      control_variate: bool) -> Tensor:
+    """Skilling-Hutchinson ``v_p^T J v_p`` ``(P, B)`` for probes ``v`` ``(P, B, d)``, one batched VJP.
+
+    With ``control_variate``: ``v^T (J - c I) v + c d`` is unbiased for any ``c``
+    independent of ``v``; the Fisher identity ``E[score score^T] = -E[d score/dx]``
+    gives the probe-free guess ``c = -|score|^2 / d`` of ``J``'s mean diagonal.
+    """
+    quad = (batched_vjp(vjp_fn, v) * v).sum(-1)
+    if control_variate:
+        d = v.shape[-1]
+        c = -out.pow(2).sum(-1) / d
+        quad = quad - c * ((v * v).sum(-1) - d)
+    return quad
 
 
 class _VJP:
@@ -338,7 +375,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
                    generator: torch.Generator | None = None, control_variate: bool = False,
                    prior_logp: Callable[[Tensor], Tensor] | None = None,
                    options: dict | None = None, error_norm: str = "batch",
-                   fresh_probes: bool = False) -> LikelihoodResult:
+                   fresh_probes: bool = False, quadrature: int | None = None) -> LikelihoodResult:
     """Log-likelihood of every example of ``x`` at time ``eps`` through the probability-flow ODE.
 
     Integrates ``d/dt (x, delta) = (F, div F)`` with ``F = f - g^2 score / 2`` from
@@ -380,6 +417,19 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
             off-diagonal part is large (measured ~2x smaller std at ``rtol = 1e-5``).
             Needs an adaptive or fixed-grid torchdiffeq solver; the dense-output value at
             ``T`` is a fixed combination of stage values, so this holds for all of them.
+        quadrature: ``None`` (default) integrates ``div F`` with the ODE, as above. An int
+            ``n >= 2`` (:class:`LinearSDE` only) solves ``x(t)`` alone (forward passes,
+            the tolerances and ``error_norm`` apply to ``x``) and integrates the divergence
+            along it with ``n``-point Gauss-Legendre in log-SNR, the ``n`` node divergences
+            computed in a few large batched passes (see the module notes). With
+            Hutchinson probes every node draws its own ``probes`` probes, so the estimate
+            averages ``n * probes`` independent ones: unbiased for the quadrature, and on
+            the 64-D test mixture ``n = 48, probes = 4`` has ~3.6x the accuracy (std) of
+            one probe held along an ODE solve, for about the same time. The quadrature
+            error itself falls geometrically with ``n`` (exact trace, 64-D mixture:
+            ~0.12 / 0.05 / 0.02 nats at ``n`` = 32 / 48 / 64): use it for Hutchinson,
+            where it hides under the probe noise, and the ODE path for the most accurate
+            exact values. ``nfe`` counts the trajectory's evaluations plus one per node.
 
     Returns:
         A :class:`LikelihoodResult` with per-example ``logp`` (nats), ``prior_logp``,
@@ -394,12 +444,26 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
     x = _check_inputs(score_fn, sde, x, eps, trace, probes, method, rtol, atol)
     if error_norm not in ERROR_NORMS:
         raise ValueError(f"error_norm must be one of {ERROR_NORMS}, got {error_norm!r}")
+    if quadrature is not None:
+        if isinstance(quadrature, bool) or not isinstance(quadrature, int) or quadrature < 2:
+            raise ValueError(f"quadrature must be None (integrate with the ODE) or an int >= 2 "
+                             f"(Gauss-Legendre nodes), got {quadrature!r}")
+        if not (isinstance(sde, LinearSDE) and sde.noise_type == "scalar"):
+            raise ValueError("quadrature needs a LinearSDE with scalar noise (it integrates in "
+                             f"log-SNR); got {type(sde).__name__}: use quadrature=None")
+        if fresh_probes:
+            raise ValueError("fresh_probes applies to the ODE path; quadrature=n already draws "
+                             "new probes at every node")
     if fresh_probes and trace == "exact":
         raise ValueError("fresh_probes=True needs a Hutchinson trace ('gaussian' or 'rademacher'), "
                          "got trace='exact'")
     batch = x.shape[0]
     d = x[0].numel()
     x_flat = x.reshape(batch, d)
+    if quadrature is not None:
+        return _log_likelihood_by_quadrature(
+            score_fn, sde, x, eps, quadrature, trace, probes, generator, bool(control_variate),
+            prior_logp, method, rtol, atol, dict(options or {}), error_norm)
     v = None
     if trace != "exact":
         v = _draw_probes(trace, (probes, batch, d), x, generator)
@@ -421,7 +485,13 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
                             options=options)
     z = xs[-1].reshape(x.shape)
     delta = deltas[-1]
-    prior = (prior_logp or sde.prior_logp)(z)
+    return _result(z, delta, prior_logp or sde.prior_logp, score.nfe, trace, probes)
+
+
+def _result(z: Tensor, delta: Tensor, prior_logp, nfe: int, trace: str, probes: int) -> LikelihoodResult:
+    """Close the flow with the prior at ``T`` and check the outcome."""
+    batch = z.shape[0]
+    prior = prior_logp(z)
     if not isinstance(prior, Tensor) or prior.shape != (batch,):
         raise ValueError(f"prior_logp must return a tensor of shape (B,) = ({batch},), got "
                          f"{tuple(prior.shape) if isinstance(prior, Tensor) else type(prior).__name__}")
@@ -429,8 +499,88 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
     if not bool(torch.isfinite(logp).all()):
         raise FloatingPointError("the log-likelihood came out NaN/inf: check the score function, "
                                  "eps and the tolerances")
-    return LikelihoodResult(logp=logp, prior_logp=prior.to(delta), delta_logp=delta, z=z, nfe=score.nfe,
-                            dim=d, trace=trace, probes=0 if trace == "exact" else probes)
+    return LikelihoodResult(logp=logp, prior_logp=prior.to(delta), delta_logp=delta, z=z, nfe=nfe,
+                            dim=z[0].numel(), trace=trace, probes=0 if trace == "exact" else probes)
+
+
+# Rows x entries of one batched pass of the quadrature's node divergences (2^20 floats):
+# nodes are grouped so that a group's forward graph stays around 8 MiB in float64.
+_QUADRATURE_GROUP_ELEMENTS = 1 << 20
+
+
+def _quadrature_rule(n: int):
+    """Nodes and weights of the ``n``-point Gauss-Legendre rule on ``[-1, 1]`` (float64 numpy)."""
+    import numpy as np
+
+    return np.polynomial.legendre.leggauss(n)
+
+
+def _log_likelihood_by_quadrature(score_fn, sde: LinearSDE, x: Tensor, eps: float, n: int, trace: str,
+                                  probes: int, generator, control_variate: bool, prior_logp,
+                                  method: str, rtol: float, atol: float, options: dict,
+                                  error_norm: str) -> LikelihoodResult:
+    """``quadrature=n`` of :func:`log_likelihood`: the trajectory alone, then Gauss-Legendre in log-SNR."""
+    batch, d = x.shape[0], x[0].numel()
+    shape = tuple(x.shape)
+    kw = dict(dtype=x.dtype, device=x.device)
+    t_ends = torch.tensor([eps, sde.T], **kw)
+    lam_eps, lam_T = (float(v) for v in sde.log_snr(t_ends))
+    u, w = _quadrature_rule(n)
+    half = 0.5 * (lam_eps - lam_T)
+    lam = torch.as_tensor(lam_T + half * (u + 1.0), **kw)  # ascending lambda: descending t
+    weights = torch.as_tensor(half * w, **kw)
+    t_nodes = sde.t_from_log_snr(lam).to(**kw).flip(0)  # ascending t
+    weights = weights.flip(0)
+    times = torch.cat([t_ends[:1], t_nodes, t_ends[1:]])
+    if not bool((times.diff() > 0).all()):
+        raise ValueError(f"quadrature={n} nodes are not distinct in t at {x.dtype} resolution; "
+                         "use fewer nodes")
+
+    score = _CountedScore(score_fn)
+
+    def drift(t: Tensor, y: Tensor) -> Tensor:
+        t_vec = t.clamp(max=sde.T).expand(batch)
+        f_t = sde.f(t_vec).to(y)[:, None]
+        half_g2 = 0.5 * sde.g(t_vec).to(y)[:, None] ** 2
+        return f_t * y - half_g2 * score(y.reshape(shape), t_vec).reshape(batch, d)
+
+    if method in _ADAPTIVE_SOLVERS:
+        options.setdefault("step_t", t_ends[1:])
+        if error_norm != "batch":
+            norm = _error_norm(error_norm, include_delta=False)
+            options.setdefault("norm", lambda err: norm((err, None)))
+    with torch.no_grad():
+        xs = odeint(drift, x.reshape(batch, d), times, method=method, rtol=rtol, atol=atol,
+                    options=options)
+    nodes_x = xs[1:-1]  # (n, B, d) at t_nodes
+
+    # tr(d score/dx) at every node, nodes grouped into large batched passes.
+    group = max(1, _QUADRATURE_GROUP_ELEMENTS // max(1, batch * d * (1 if trace == "exact" else probes)))
+    batched_vjp = _BatchedVJP()
+    traces = []
+    for start in range(0, n, group):
+        xg = nodes_x[start:start + group]
+        rows = xg.shape[0] * batch
+        t_rows = t_nodes[start:start + group].repeat_interleave(batch)
+        with torch.enable_grad():
+            y = xg.reshape(rows, d).detach().requires_grad_(True)
+            out = score_fn(y.reshape((rows,) + shape[1:]), t_rows).reshape(rows, d)
+            score.nfe += xg.shape[0]
+            vjp_fn = _VJP(out, y)
+            if trace == "exact":
+                tr = _exact_trace(vjp_fn, y, batched_vjp)
+            else:
+                v = _draw_probes(trace, (probes, rows, d), x, generator)
+                tr = _hutchinson_forms(vjp_fn, v, out.detach(), batched_vjp, control_variate).mean(0)
+        traces.append(tr.detach().reshape(xg.shape[0], batch))
+    tr = torch.cat(traces)  # (n, B)
+    if not bool(torch.isfinite(tr).all()):
+        raise FloatingPointError("the divergence came out NaN/inf at a quadrature node: check the "
+                                 "score function and eps")
+    s2 = sde.std(t_nodes).to(**kw) ** 2
+    log_a = torch.log(sde.scale(t_ends).to(**kw))
+    delta = d * (log_a[1] - log_a[0]) - (weights[:, None] * s2[:, None] * tr).sum(0)
+    return _result(xs[-1].reshape(shape), delta, prior_logp or sde.prior_logp, score.nfe, trace, probes)
 
 
 def _check_inputs(score_fn, sde, x, eps, trace, probes, method, rtol, atol) -> Tensor:

@@ -205,3 +205,14 @@ def test_bad_input_is_one_line_error(bad_results, case):
 def test_debug_shows_the_traceback(tmp_path):
     proc = run_cli("sample", "--ckpt", tmp_path / "nope", "--out", tmp_path / "x.npy", "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+def test_likelihood_by_quadrature(ring_run, tmp_path):
+    report = tmp_path / "nll.json"
+    _ok(run_cli("likelihood", "--ckpt", ring_run, "--data", "ring", "--n", "8", "--json", report,
+                "--trace", "rademacher", "--probes", "2", "--quadrature", "16", "--rtol", "1e-3",
+                "--atol", "1e-3", "--no-progress"))
+    res = json.loads(report.read_text())
+    assert res["n"] == 8 and math.isfinite(res["nll"]) and res["nfe"] > 16
+    bad = run_cli("likelihood", "--ckpt", ring_run, "--data", "ring", "--n", "8", "--quadrature", "1")
+    assert bad.returncode == 1 and "quadrature" in bad.stderr and "Traceback" not in bad.stderr

@@ -410,3 +410,71 @@ def test_fresh_probes_are_unbiased_and_cut_the_variance():
     assert est[True].std(0).mean() < est[False].std(0).mean() / 1.3, (est[True].std(0), est[False].std(0))
     with pytest.raises(ValueError, match="fresh_probes"):
         log_likelihood(oracle.score_fn(sde), sde, x, fresh_probes=True)
+
+
+# ------------------------------------------------------------------ quadrature path
+def test_quadrature_exact_trace_converges_on_the_ring():
+    oracle, sde = ring(), sd.VPSDE()
+    x = draw(oracle, 300, seed=8)
+    exact = oracle.marginal_log_prob(x, EPS, sde)
+    errs = {}
+    for n in (48, 128):
+        res = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-5, atol=1e-5,
+                             quadrature=n, prior_logp=exact_prior(oracle, sde))
+        errs[n] = float((res.logp - exact).abs().mean())
+        assert res.nfe > n and torch.allclose(res.logp, res.prior_logp + res.delta_logp)
+    # Gauss-Legendre in log-SNR converges geometrically: measured 1.2e-2 at n = 48 and
+    # 6e-5 at n = 128 (the trajectory at rtol 1e-5 adds ~4e-5).
+    assert errs[128] <= 2e-4, errs
+    assert errs[128] < errs[48] / 20, errs
+
+
+@pytest.mark.parametrize("name", ["subvp", "ve", "linear"])
+def test_quadrature_on_every_linear_sde(name):
+    sde = {"subvp": sd.SubVPSDE(), "ve": sd.VESDE(sigma_min=0.01, sigma_max=10.0),
+           "linear": sd.LinearSDE(f=lambda t: -0.5 * (0.1 + 12 * t ** 2),
+                                  g=lambda t: (0.1 + 12 * t ** 2).sqrt())}[name]
+    oracle = ring()
+    x = draw(oracle, 100, seed=2)
+    ode = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-5, atol=1e-5)
+    quad = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-5, atol=1e-5, quadrature=128)
+    # The d log(a(T)/a(eps)) term and dt/dlambda = -2 s^2/g^2 hold for any linear SDE:
+    # the two paths agree to the accuracy of each (measured <= 5e-4 mean on these SDEs).
+    assert (quad.logp - ode.logp).abs().mean() <= 2e-3
+    assert torch.allclose(quad.z, ode.z, atol=3e-3)
+
+
+def test_quadrature_hutchinson_is_unbiased_and_3x_less_noisy():
+    oracle, sde = ring(), sd.VPSDE()
+    x = draw(oracle, 4, seed=4)
+    reps = 50
+    xr = x.repeat(reps, 1)
+    kw = dict(eps=EPS, rtol=1e-4, atol=1e-4)
+    exact_quad = log_likelihood(oracle.score_fn(sde), sde, x, quadrature=48, **kw).logp
+    quad = log_likelihood(oracle.score_fn(sde), sde, xr, trace="rademacher", quadrature=48, probes=4,
+                          generator=torch.Generator().manual_seed(5), **kw).logp.reshape(reps, -1)
+    fixed = log_likelihood(oracle.score_fn(sde), sde, xr, trace="rademacher",
+                           generator=torch.Generator().manual_seed(5), **kw).logp.reshape(reps, -1)
+    mean, se = quad.mean(0), quad.std(0) / math.sqrt(reps)
+    # Unbiased for its quadrature: the 50-draw mean within 3 SE of the exact-trace quadrature.
+    assert ((mean - exact_quad).abs() <= 3 * se + 1e-3).all(), (mean - exact_quad, se)
+    # 48 nodes x 4 probes, each drawn afresh, vs one probe held along the ODE solve:
+    # measured 3.4-3.7x lower std over 1,000 ring points; 2.5x asked of these 4.
+    assert quad.std(0).mean() < fixed.std(0).mean() / 2.5, (quad.std(0), fixed.std(0))
+
+
+def test_quadrature_is_reproducible_and_checks_its_arguments():
+    oracle, sde = ring(), sd.VPSDE()
+    x = draw(oracle, 10)
+    run = lambda s: log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, trace="gaussian",  # noqa: E731
+                                   quadrature=16, rtol=1e-3, atol=1e-3,
+                                   generator=torch.Generator().manual_seed(s)).logp
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+    for bad in (1, 0, True, 2.5, "48"):
+        with pytest.raises(ValueError, match="quadrature"):
+            log_likelihood(oracle.score_fn(sde), sde, x, quadrature=bad)
+    with pytest.raises(ValueError, match="LinearSDE"):
+        log_likelihood(oracle.score_fn(sde), _GenericVP(), x, quadrature=16)
+    with pytest.raises(ValueError, match="fresh_probes"):
+        log_likelihood(oracle.score_fn(sde), sde, x, trace="rademacher", quadrature=16, fresh_probes=True)
