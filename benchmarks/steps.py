@@ -54,7 +54,9 @@ KNOWN_VARIANTS = {
     "heun": [("heun", {}, "karras", lambda n: (n + 1) // 2),
              ("heun_churn", {"S_churn": 10.0}, "karras", lambda n: (n + 1) // 2)],
     "dpm_solver_adaptive": [("dpm_solver_12", {"order": 2}, "uniform", None),
-                            ("dpm_solver_23", {"order": 3}, "uniform", None)],
+                            ("dpm_solver_23", {"order": 3}, "uniform", None),
+                            ("dpm_solver_2M_adaptive", {"order": 2, "method": "multistep"}, "uniform", None),
+                            ("dpm_solver_3M_adaptive", {"order": 3, "method": "multistep"}, "uniform", None)],
 }
 
 

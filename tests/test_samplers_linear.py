@@ -98,21 +98,35 @@ def test_convergence_order(case, sde_name, ring64):
     assert abs(slope - order) <= 0.3, f"{case} on {sde_name}: slope {slope:.2f}, errors {errors}"
 
 
-def test_adaptive_converges_with_tolerance(ring64):
-    """DPM-Solver-12/23: tighter tolerances cost more NFE and land closer to the reference."""
+@pytest.mark.parametrize("method", ["singlestep", "multistep"])
+def test_adaptive_converges_with_tolerance(ring64, method):
+    """DPM-Solver-12/23 and adaptive 2M/3M: tighter tolerances cost more NFE and land closer
+    to the reference."""
     sde, x_T, ref = _problem("vp", ring64)
+    results = {}
     for order in (2, 3):
         nfes, errors = [], []
         for rtol in (0.05, 0.005, 0.0005):
             x, nfe = sd.sample(ring64.score_fn(sde), sde, x_T.shape, sampler="dpm_solver_adaptive",
                                steps=1, x_T=x_T, denoise=False, eps=EPS, return_nfe=True,
-                               order=order, rtol=rtol, atol=rtol / 5)
+                               order=order, rtol=rtol, atol=rtol / 5, method=method)
             nfes.append(nfe)
             errors.append(float((x - ref).pow(2).sum(1).mean().sqrt()))
+        results[order] = nfes, errors
         assert nfes[0] < nfes[1] < nfes[2]
-        # A 10x tighter tolerance must buy at least a 3x smaller global error (an order-p
-        # controller gives ~10x; 3x leaves room for the controller's step-size granularity).
-        assert errors[1] < errors[0] / 3 and errors[2] < errors[1] / 3, (order, nfes, errors)
+        # A 10x tighter tolerance must buy a smaller global error; over two decades at least
+        # 9x (an order-p controller gives ~10x per decade; the multistep 3M measured 2.5x then
+        # 6.6x, its first decade damped by the fixed-size first step).
+        assert errors[0] > errors[1] > errors[2] and errors[2] < errors[0] / 9, (order, nfes, errors)
+        if method == "singlestep":  # and >= 3x in each decade (measured 5-10x)
+            assert errors[1] < errors[0] / 3 and errors[2] < errors[1] / 3, (order, nfes, errors)
+    if method == "multistep":
+        # One NFE per accepted step and free rejections: at rtol 5e-4 the adaptive 3M takes
+        # fewer evaluations than the singlestep DPM-Solver-23 (measured ~2x fewer).
+        _, nfe23 = sd.sample(ring64.score_fn(sde), sde, x_T.shape, sampler="dpm_solver_adaptive",
+                             steps=1, x_T=x_T, denoise=False, eps=EPS, return_nfe=True,
+                             order=3, rtol=0.0005, atol=0.0001)
+        assert results[3][0][2] < nfe23, (results[3], nfe23)
     # The same solver through dpm_solver(method="adaptive"):
     y = sd.sample(ring64.score_fn(sde), sde, x_T.shape, sampler="dpm_solver", steps=1, x_T=x_T,
                   denoise=False, eps=EPS, method="adaptive", order=3, rtol=0.05, atol=0.01)
@@ -214,6 +228,8 @@ SAMPLE_CASES = {
     "dpm3M": ("dpm_solver", {"order": 3}, "logsnr", 25),
     "dpm3S": ("dpm_solver", {"order": 3, "method": "singlestep"}, "logsnr", 10),
     "dpm23_adaptive": ("dpm_solver_adaptive", {"rtol": 0.005, "atol": 0.001}, "uniform", 1),
+    "dpm3M_adaptive": ("dpm_solver_adaptive", {"rtol": 0.005, "atol": 0.001, "method": "multistep"},
+                       "uniform", 1),
     "heun": ("heun", {}, "karras", 25),
     "heun_churn": ("heun", {"S_churn": 20.0, "S_noise": 1.0}, "karras", 100),
 }
@@ -269,6 +285,7 @@ def test_same_generator_same_samples(name, options, ring64):
     ("dpm_solver", {"method": "rk4"}, r"method must be one of \('multistep', 'singlestep', 'adaptive'\)"),
     ("dpm_solver_adaptive", {"order": 1}, r"order must be 2 .* or 3"),
     ("dpm_solver_adaptive", {"rtol": 0.0}, r"rtol must be a finite number > 0"),
+    ("dpm_solver_adaptive", {"method": "rk45"}, r"method must be one of \('singlestep', 'multistep'\)"),
     ("heun", {"S_churn": -1.0}, r"S_churn must be a number >= 0"),
     ("heun", {"S_tmin": 2.0, "S_tmax": 1.0}, r"S_tmin <= S_tmax"),
 ])
