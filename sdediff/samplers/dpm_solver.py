@@ -38,52 +38,57 @@ from . import register_sampler
 from ._common import tweedie
 from .ddim import schedule
 
-__all__ = ["dpm_solver", "dpm_solver_adaptive"]
+__all__ = ["dpm_solver", "dpm_solver_adaptive", "unipc"]
 
 METHODS = ("multistep", "singlestep", "adaptive")
 ORDERS = (1, 2, 3)
 
 
-def _moments(h: float) -> tuple[float, float, float]:
-    """``I_j(h) = int_0^h u^j exp(u - h) du`` for ``j = 0, 1, 2``.
+def _moments(h: float, n: int = 3) -> list[float]:
+    """``I_j(h) = int_0^h u^j exp(u - h) du`` for ``j = 0 .. n-1``.
 
-    Closed forms ``I_0 = 1 - e^{-h}``, ``I_1 = h - I_0``, ``I_2 = h^2 - 2 I_1``; for small
-    ``h`` these cancel, so there the series ``I_j = j! sum_m (-1)^m h^(j+1+m) / (j+1+m)!``
-    is used instead (12 terms: truncation below 1e-17 relative for ``h < 0.1``).
+    Integration by parts gives ``I_0 = 1 - e^{-h}`` and ``I_j = h^j - j I_{j-1}``; for
+    small ``h`` these cancel, so there the series ``I_j = j! sum_m (-1)^m h^(j+1+m) / (j+1+m)!``
+    is used instead (16 terms: truncation below 1e-17 relative for ``h < 0.1``).
     """
     if h >= 0.1:
-        i0 = -math.expm1(-h)
-        i1 = h - i0
-        return i0, i1, h * h - 2.0 * i1
+        out = [-math.expm1(-h)]
+        for j in range(1, n):
+            out.append(h ** j - j * out[-1])
+        return out
     out = []
-    for j in range(3):
+    for j in range(n):
         term = math.factorial(j) * h ** (j + 1) / math.factorial(j + 1)  # m = 0
         total = 0.0
-        for m in range(12):
+        for m in range(16):
             total += term
             term *= -h / (j + 2 + m)
         out.append(total)
-    return out[0], out[1], out[2]
+    return out
 
 
 def _weights(nodes: list[float], h: float) -> list[float]:
-    """``w_k = int_0^h exp(u - h) L_k(u) du`` for the Lagrange basis on ``nodes`` (u_0 = 0).
+    """``w_k = int_0^h exp(u - h) L_k(u) du`` for the Lagrange basis ``L_k`` on ``nodes``.
 
     The polynomial ``sum_k D_k L_k(u)`` interpolates the denoiser values ``D_k`` at
-    ``lambda_r + u_k``; its integral against ``exp(u - h)`` is ``sum_k w_k D_k``.
+    ``lambda_r + u_k`` (``u = 0`` is the current point; older points have ``u < 0``,
+    a corrector's new point ``u = h``); its integral against ``exp(u - h)`` is
+    ``sum_k w_k D_k``. ``L_k`` is expanded in powers of ``u`` and integrated with the
+    moments ``I_j(h)``.
     """
-    i0, i1, i2 = _moments(h)
-    if len(nodes) == 1:
-        return [i0]
-    if len(nodes) == 2:
-        u1 = nodes[1]
-        # L_0 = 1 - u/u1, L_1 = u/u1
-        return [i0 - i1 / u1, i1 / u1]
-    u1, u2 = nodes[1], nodes[2]
-    # L_0 = (u-u1)(u-u2)/(u1 u2), L_1 = u (u-u2)/(u1 (u1-u2)), L_2 = u (u-u1)/(u2 (u2-u1))
-    return [i0 + (i2 - (u1 + u2) * i1) / (u1 * u2),
-            (i2 - u2 * i1) / (u1 * (u1 - u2)),
-            (i2 - u1 * i1) / (u2 * (u2 - u1))]
+    n = len(nodes)
+    moments = _moments(h, n)
+    out = []
+    for k, u_k in enumerate(nodes):
+        coeffs, denom = [1.0], 1.0  # ascending powers of u of prod_{m != k} (u - u_m)
+        for m, u_m in enumerate(nodes):
+            if m == k:
+                continue
+            coeffs = [(coeffs[j - 1] if j > 0 else 0.0) - u_m * (coeffs[j] if j < len(coeffs) else 0.0)
+                      for j in range(len(coeffs) + 1)]
+            denom *= u_k - u_m
+        out.append(sum(c * i for c, i in zip(coeffs, moments)) / denom)
+    return out
 
 
 def _combine(x: Tensor, ratio: float, a_next: float, weights: list[float], ds: list[Tensor]) -> Tensor:
@@ -114,7 +119,7 @@ def _times_at(sde: LinearSDE, lam: list[float], like: Tensor) -> tuple[list[floa
 @register_sampler("dpm_solver", nfe_per_step=1, order=2, stochastic=False, linear_only=True)
 def dpm_solver(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, progress: bool = False,
                callback=None, order: int = 2, method: str = "multistep",
-               lower_order_final: bool = True, **adaptive_options) -> Tensor:
+               lower_order_final: bool = True, corrector: bool = False, **adaptive_options) -> Tensor:
     """DPM-Solver++ (Lu et al. 2022b): multistep (1 NFE/step) or singlestep (``order`` NFE/step).
 
     Args:
@@ -126,6 +131,12 @@ def dpm_solver(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, 
         lower_order_final: multistep with fewer than 15 steps: use order ``min(order,
             steps left)`` in the last steps, which is stabler at the large final
             log-SNR steps near ``eps``.
+        corrector: multistep only: after each step, once the denoiser at the new point is
+            known (it is needed for the next step anyway), redo the step with that value
+            added as a node (an exponential Adams-Moulton corrector, the UniC of Zhao et
+            al. 2023 with the exact integral of the interpolant): one order higher, no
+            extra NFE. The next step starts from the corrected point but keeps the
+            denoiser of the uncorrected one, as UniPC does. See the ``unipc`` sampler.
         **adaptive_options: ``rtol``, ``atol``, ``h_init``, ``theta`` for ``method="adaptive"``.
 
     Returns:
@@ -140,25 +151,56 @@ def dpm_solver(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, 
                                    order=order, **adaptive_options)
     if adaptive_options:
         raise TypeError(f"unexpected options for method={method!r}: {sorted(adaptive_options)}")
+    if corrector and method != "multistep":
+        raise ValueError(f"corrector=True needs method='multistep', got method={method!r}")
     a, s, lam = schedule(sde, ts)
     t = ts.tolist()
     n = len(t) - 1
     if method == "singlestep":
         return _singlestep(score, sde, x, t, a, s, lam, order, progress, callback)
     history: list[tuple[float, Tensor]] = []  # (lambda, D) of the latest steps, newest first
-    for i in tqdm(range(n), disable=not progress, desc=f"dpm_solver++ {order}M"):
+    x_prev, p = x, 0  # the last step's start and node count, for the corrector
+    desc = f"unipc-{order}" if corrector else f"dpm_solver++ {order}M"
+    for i in tqdm(range(n), disable=not progress, desc=desc):
         score.step = i
         d0 = tweedie(score, x, t[i], a[i], s[i])
+        if corrector and i > 0:
+            # Redo step i-1 with D at its end point (u = h) added to the p nodes it used.
+            h_prev = lam[i] - lam[i - 1]
+            nodes = [history[k][0] - lam[i - 1] for k in range(p)] + [h_prev]
+            ds = [history[k][1] for k in range(p)] + [d0]
+            x = _combine(x_prev, s[i] / s[i - 1], a[i], _weights(nodes, h_prev), ds)
         history = [(lam[i], d0)] + history[:order - 1]
         p = len(history)  # warm-up: lower order until the history holds `order` values
         if lower_order_final and n < 15:
             p = min(p, n - i)
         nodes = [history[k][0] - lam[i] for k in range(p)]  # u_k <= 0
         w = _weights(nodes, lam[i + 1] - lam[i])
+        x_prev = x
         x = _combine(x, s[i + 1] / s[i], a[i + 1], w, [history[k][1] for k in range(p)])
         if callback is not None:
             callback(step=i, t=t[i + 1], x=x, denoised=d0)
     return x
+
+
+@register_sampler("unipc", nfe_per_step=1, order=3, stochastic=False, linear_only=True)
+def unipc(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, progress: bool = False,
+          callback=None, order: int = 2, lower_order_final: bool = True) -> Tensor:
+    """UniPC (Zhao et al. 2023): DPM-Solver++ multistep with the UniC corrector, 1 NFE/step.
+
+    The predictor is the ``order``-node multistep update; the corrector redoes each step
+    with the denoiser at its end point as one more node (integrated exactly against
+    ``exp(u - h)``), reaching order ``order + 1`` without another evaluation. The final
+    step is not corrected (that would cost one more NFE).
+
+    Args:
+        score, sde, x, ts, generator, progress, callback: the sampler contract.
+        order: predictor order, 1-3 (``order=1``: a DDIM predictor with a trapezoid-like
+            corrector, order 2).
+        lower_order_final: as in :func:`dpm_solver`.
+    """
+    return dpm_solver(score, sde, x, ts, progress=progress, callback=callback, order=order,
+                      method="multistep", lower_order_final=lower_order_final, corrector=True)
 
 
 def _singlestep(score, sde, x, t, a, s, lam, order, progress, callback) -> Tensor:
