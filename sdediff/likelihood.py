@@ -225,7 +225,9 @@ class _CountedScore:
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"score_fn must return a tensor of x's shape {tuple(x.shape)}, got {got}")
-        if not bool(torch.isfinite(out).all()):
+        # One reduction: a NaN/inf entry makes the sum non-finite (a finite sum that
+        # overflows falls through to the elementwise check).
+        if not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
             raise FloatingPointError(f"score_fn returned NaN or inf at t = {float(t.flatten()[0]):.6g} "
                                      f"(evaluation {self.nfe}) during the likelihood solve")
         return out
@@ -319,11 +321,10 @@ def _exact_trace(vjp_fn: "_VJP", x_flat: Tensor, batched_vjp: _BatchedVJP) -> Te
     cotangents ``e_i`` batched by vmap in chunks (plain passes for tiny ``d``)."""
     batch, d = x_flat.shape
     if d <= _EXACT_LOOP_MAX_DIM:  # small d: d plain backward passes, no vmap
-        tr = torch.zeros(batch, dtype=x_flat.dtype, device=x_flat.device)
-        for i in range(d):
-            e_i = torch.zeros_like(x_flat)
-            e_i[:, i] = 1.0
-            tr = tr + vjp_fn.single(e_i)[:, i]
+        basis = _unit_cotangents(x_flat)
+        tr = vjp_fn.single(basis[0])[:, 0]
+        for i in range(1, d):
+            tr = tr + vjp_fn.single(basis[i])[:, i]
         return tr
     chunk = max(1, min(d, _EXACT_CHUNK_ELEMENTS // max(1, batch * d)))
     tr = torch.zeros(batch, dtype=x_flat.dtype, device=x_flat.device)
@@ -334,6 +335,23 @@ def _exact_trace(vjp_fn: "_VJP", x_flat: Tensor, batched_vjp: _BatchedVJP) -> Te
         rows = batched_vjp(vjp_fn, basis)  # (c, B, d): row i of J for every example
         tr = tr + rows.gather(2, idx.view(-1, 1, 1).expand(-1, batch, 1)).sum((0, 2))
     return tr
+
+
+_UNIT_CACHE: dict = {}
+
+
+def _unit_cotangents(like: Tensor) -> Tensor:
+    """``(d, B, d)``: ``e_i`` repeated over the batch, for every ``i`` (cached per shape/dtype/device;
+    read-only)."""
+    key = (tuple(like.shape), like.dtype, like.device)
+    basis = _UNIT_CACHE.get(key)
+    if basis is None:
+        batch, d = like.shape
+        basis = torch.eye(d, dtype=like.dtype, device=like.device)[:, None, :].expand(d, batch, d).contiguous()
+        if len(_UNIT_CACHE) > 8:
+            _UNIT_CACHE.clear()
+        _UNIT_CACHE[key] = basis
+    return basis
 
 
 def _hutchinson_forms(vjp_fn: "_VJP", v: Tensor, out: Tensor, batched_vjp: _BatchedVJP,
