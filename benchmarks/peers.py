@@ -67,8 +67,14 @@ SIZES = {"ring2d": 2000, "mix64": 1000}
 QUICK_SIZES = {"ring2d": 1000, "mix64": 500}
 # sdediff's adaptive samplers at the tolerances loose enough to fit the budgets
 SDEDIFF_TOLERANCES = (0.2, 0.1)
-# the reference RK45 ODE sampler's tolerances (rtol = atol); its runs within a budget count
-RK45_TOLERANCES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02)
+# the reference RK45 ODE sampler's tolerances (rtol = atol); its runs within a budget count,
+# and the tighter ones measure how many NFE it needs to reach the noise floor
+RK45_TOLERANCES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
+# sdediff's adaptive samplers, for the NFE-to-noise-floor comparison (rtol; atol = rtol / 5)
+ADAPTIVE_TOLERANCES = (0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002)
+QUICK_ADAPTIVE_TOLERANCES = (0.1, 0.02)
+# sdediff's adaptive samplers (registry names) in that comparison
+ADAPTIVE_SAMPLERS = ("dpm_solver_adaptive", "ode")
 CHECK_STEPS = 200
 # Euler and the SDE solvers need more steps to hide their error; diffusers' integer grids
 # need fewer than 1000 (more repeat a timestep: a zero-length step)
@@ -482,6 +488,39 @@ def all_round(problem: dict, nfes) -> dict:
     return out
 
 
+def converged_metrics(gm: sd.GaussianMixture, n: int, fresh, logp_ref) -> dict:
+    """The metrics of the converged probability-flow ODE solution from the common prior draw."""
+    sde = sd.VPSDE()
+    z, _ = _prior(n, gm.dim)
+    x = sd.sample(gm.score_fn(sde), sde, (n, gm.dim), sampler="ode", x_T=z, eps=steps.EPS, denoise=False,
+                  rtol=1e-9, atol=1e-9, dtype=torch.float64)
+    return steps._metrics(x, gm, fresh, logp_ref)
+
+
+def adaptive_to_floor(problem: dict) -> dict:
+    """Fewest NFE at which each adaptive sampler (both sides) reaches the noise floor.
+
+    Two readings, as in :func:`benchmarks.steps.headline`: (a) every metric within 1.5x its
+    noise floor; (b) every metric within half its noise floor of the converged ODE solution
+    from the same prior draw (the discretization error hidden under the sampling noise;
+    robust to the luck of the draw, which (a) is not).
+    """
+    floor, conv = problem["noise_floor"], problem["converged"]
+    out = {}
+    for side, key in (("peer", "peer"), ("sdediff", "sampler")):
+        runs = [r for r in problem[f"{side}_runs"] + problem.get(f"{side}_adaptive_runs", [])
+                if "error" not in r and (r.get("tol") is not None if side == "peer" else r.get("budget") is None)]
+        for label in sorted({r[key] for r in runs}):
+            mine = [r for r in runs if r[key] == label]
+            out[label] = dict(
+                side=side,
+                floor=min((r["nfe"] for r in mine if all(r[m] <= 1.5 * floor[m] for m in METRICS)), default=None),
+                converged=min((r["nfe"] for r in mine
+                               if all(abs(r[m] - conv[m]) <= 0.5 * floor[m] for m in METRICS)), default=None),
+                tried=sorted(r["nfe"] for r in mine))
+    return out
+
+
 def verdict(row: dict) -> str:
     """One line: on how many metrics sdediff is at least as accurate, and where it loses."""
     cells = [(m, c) for m, c in row.items() if "sdediff_wins" in c]
@@ -564,6 +603,17 @@ def write_markdown(results: dict, path: Path) -> None:
                     lines.append(f"| {budget} | {side} | {r['name']} | {r['nfe']} | {r['worst_ratio']:.3g} | "
                                  + " | ".join(f"{r[m]:.3g}" for m in METRICS) + " |")
         lines.append("")
+        if prob.get("adaptive"):
+            lines += ["### Adaptive samplers: fewest NFE to reach the noise floor", "",
+                      "(a) every metric within 1.5x its noise floor; (b) every metric within half its noise "
+                      "floor of the converged ODE solution from the same prior draw. `-`: not reached at "
+                      "the tolerances tried (their NFE listed).", "",
+                      "| side | sampler | (a) NFE | (b) NFE | NFE tried |", "|---|---|---|---|---|"]
+            for label, a in sorted(prob["adaptive"].items(), key=lambda kv: (kv[1]["side"], kv[0])):
+                lines.append(f"| {a['side']} | {label} | {a['floor'] if a['floor'] is not None else '-'} | "
+                             f"{a['converged'] if a['converged'] is not None else '-'} | "
+                             f"{', '.join(map(str, a['tried']))} |")
+            lines.append("")
     if results.get("check"):
         lines += _check_lines(results["check"])
     for pname, prob in results["problems"].items():
@@ -652,14 +702,20 @@ def run(quick: bool = False, out_dir: Path | str = RESULTS, log=print, check: bo
         ours = steps.run_problem(pname, gm, n, nfes, SDEDIFF_TOLERANCES, log=log)
         if ours["noise_floor"] != floor:
             raise RuntimeError("benchmarks.steps changed its reference data: update peers.reference")
+        log(f"{pname}: sdediff adaptive samplers")
+        tols = QUICK_ADAPTIVE_TOLERANCES if quick else ADAPTIVE_TOLERANCES
+        adaptive = steps.run_problem(pname, gm, n, (), [t for t in tols if t not in SDEDIFF_TOLERANCES],
+                                     names=ADAPTIVE_SAMPLERS, log=log)
         log(f"{pname}: peers")
         prob = {"n": n, "dim": gm.dim, "noise_floor": floor,
+                "converged": converged_metrics(gm, n, fresh, logp_ref),
                 "peer_labels": [p.label for p in peers],
                 "sdediff_labels": sorted({r["sampler"] for r in ours["runs"]}),
                 "peer_runs": run_peers(pname, gm, n, nfes, peers, fresh, logp_ref, log),
-                "sdediff_runs": ours["runs"]}
+                "sdediff_runs": ours["runs"], "sdediff_adaptive_runs": adaptive["runs"]}
         prob["comparison"] = compare(prob, nfes)
         prob["all_round"] = all_round(prob, nfes)
+        prob["adaptive"] = adaptive_to_floor(prob)
         results["problems"][pname] = prob
         for budget, row in prob["comparison"].items():
             log(f"{pname} NFE {budget}: {verdict(row)}")

@@ -58,11 +58,13 @@ def _moments(h: float, n: int = 3) -> list[float]:
         return out
     out = []
     for j in range(n):
-        term = math.factorial(j) * h ** (j + 1) / math.factorial(j + 1)  # m = 0
+        term = h ** (j + 1) / (j + 1)  # m = 0: j! h^(j+1) / (j+1)!
         total = 0.0
         for m in range(16):
             total += term
             term *= -h / (j + 2 + m)
+            if abs(term) < 1e-18 * abs(total):
+                break
         out.append(total)
     return out
 
@@ -78,6 +80,18 @@ def _weights(nodes: list[float], h: float) -> list[float]:
     """
     n = len(nodes)
     moments = _moments(h, n)
+    if n == 1:
+        return moments[:1]
+    i0, i1 = moments[0], moments[1]
+    if n == 2:  # the closed forms of the common cases, then the general expansion
+        u0, u1 = nodes
+        return [(i1 - u1 * i0) / (u0 - u1), (i1 - u0 * i0) / (u1 - u0)]
+    if n == 3:
+        u0, u1, u2 = nodes
+        i2 = moments[2]
+        return [(i2 - (u1 + u2) * i1 + u1 * u2 * i0) / ((u0 - u1) * (u0 - u2)),
+                (i2 - (u0 + u2) * i1 + u0 * u2 * i0) / ((u1 - u0) * (u1 - u2)),
+                (i2 - (u0 + u1) * i1 + u0 * u1 * i0) / ((u2 - u0) * (u2 - u1))]
     out = []
     for k, u_k in enumerate(nodes):
         coeffs, denom = [1.0], 1.0  # ascending powers of u of prod_{m != k} (u - u_m)
