@@ -227,3 +227,17 @@ def test_nan_score_reports_step_and_time():
     with pytest.raises(FloatingPointError, match=r"step 4, t = 0\.36"):
         sd.sample(score, VP, (4, 2), sampler="euler_maruyama", steps=5, eps=0.2, generator=g(0),
                   dtype=torch.float64)
+
+
+def test_unchecked_sampling_still_refuses_nan_samples():
+    def score(x, t):
+        return torch.full_like(x, float("nan")) if float(t[0]) < 0.5 else -x
+
+    with pytest.raises(FloatingPointError, match="check_finite=True"):
+        sd.sample(score, VP, (4, 2), sampler="euler_maruyama", steps=5, eps=0.2, generator=g(0),
+                  dtype=torch.float64, check_finite=False)
+    # Without NaN, checking or not gives the same numbers.
+    a = sd.sample(lambda x, t: -x, VP, (4, 2), sampler="ddim", steps=5, generator=g(1), dtype=torch.float64)
+    b = sd.sample(lambda x, t: -x, VP, (4, 2), sampler="ddim", steps=5, generator=g(1), dtype=torch.float64,
+                  check_finite=False)
+    assert torch.equal(a, b)

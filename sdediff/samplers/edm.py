@@ -88,7 +88,7 @@ def heun(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator: torch.Gener
                 sig = s_cur / a_cur
         # Euler step: d = dy/dsigma = -s score(a y, t)  (Alg. 2, lines 7-8)
         d = score(y * a_cur, t_cur).mul(-s_cur)
-        denoised = y - sig * d
+        denoised = None if callback is None else y - sig * d  # only the callback reads it
         y_next = torch.add(y, d, alpha=sigma[i + 1] - sig)
         if not (final_euler and i == n - 1):
             # Second-order correction: average the slopes at both ends (lines 9-11).
