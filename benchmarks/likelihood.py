@@ -111,7 +111,8 @@ def configs() -> list[tuple[str, float, dict]]:
             ("gaussian+cv", dict(trace="gaussian", control_variate=True), (1e-3, 1e-5)),
             ("rademacher, fresh probes", dict(trace="rademacher", fresh_probes=True), (1e-3, 1e-5)),
             ("rademacher x4, fresh probes", dict(trace="rademacher", probes=4, fresh_probes=True), (1e-3, 1e-5)),
-            ("rademacher x4, quadrature 48", dict(trace="rademacher", probes=4, quadrature=48), (1e-3, 1e-4))]:
+            ("rademacher x4, quadrature 48", dict(trace="rademacher", probes=4, quadrature=48), (1e-3, 1e-4)),
+            ("rademacher x3, quadrature 64", dict(trace="rademacher", probes=3, quadrature=64), (1e-4,))]:
         for rtol in rtols:
             out.append((label, rtol, kw))
     return out
