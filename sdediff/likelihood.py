@@ -472,16 +472,15 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
         if fresh_probes:
             raise ValueError("fresh_probes applies to the ODE path; quadrature=n already draws "
                              "new probes at every node")
+        return _log_likelihood_by_quadrature(
+            score_fn, sde, x, eps, quadrature, trace, probes, generator, bool(control_variate),
+            prior_logp, method, rtol, atol, dict(options or {}), error_norm)
     if fresh_probes and trace == "exact":
         raise ValueError("fresh_probes=True needs a Hutchinson trace ('gaussian' or 'rademacher'), "
                          "got trace='exact'")
     batch = x.shape[0]
     d = x[0].numel()
     x_flat = x.reshape(batch, d)
-    if quadrature is not None:
-        return _log_likelihood_by_quadrature(
-            score_fn, sde, x, eps, quadrature, trace, probes, generator, bool(control_variate),
-            prior_logp, method, rtol, atol, dict(options or {}), error_norm)
     v = None
     if trace != "exact":
         v = _draw_probes(trace, (probes, batch, d), x, generator)
