@@ -11,7 +11,8 @@ averaged over 3 draws): per-mode statistics from :func:`sdediff.metrics.mode_sta
 (``weights_tv``, ``mean_error``, ``spread_err = |spread_ratio - 1|``, ``frechet``), sliced W2
 to fresh exact samples, and ``logp_gap = |mean log p0(samples) - E log p0|``. Every sampler
 starts from the same prior draw (common random numbers). Deterministic samplers run with
-``denoise=False``; stochastic ones end with the Tweedie step (its NFE counted).
+``denoise=False`` (but for the ``*_denoised`` variants); stochastic ones end with the Tweedie
+step (its NFE counted).
 
 Also measured: the per-step overhead of the main samplers with the model cost excluded
 (a zero-cost score returning a precomputed tensor) against a bare loop of the same tensor
@@ -64,7 +65,10 @@ KNOWN_VARIANTS = {
               ("unipc_2_uniform", {"order": 2}, "uniform", lambda n: n),
               ("unipc_3_uniform", {"order": 3}, "uniform", lambda n: n),
               ("unipc_2_karras", {"order": 2}, "karras", lambda n: n),
-              ("unipc_3_karras", {"order": 3}, "karras", lambda n: n)],
+              ("unipc_3_karras", {"order": 3}, "karras", lambda n: n),
+              # n - 1 steps and the final Tweedie denoising step (Song et al. 2021) in the budget
+              ("unipc_2_quad_denoised", {"order": 2, "denoise": True}, "quadratic", lambda n: n - 1),
+              ("unipc_3_uniform_denoised", {"order": 3, "denoise": True}, "uniform", lambda n: n - 1)],
     "heun": [("heun", {}, "karras", lambda n: (n + 1) // 2),
              ("heun_churn", {"S_churn": 10.0}, "karras", lambda n: (n + 1) // 2)],
     "dpm_solver_adaptive": [("dpm_solver_12", {"order": 2}, "uniform", None),
@@ -147,11 +151,12 @@ def run_problem(name: str, gm: sd.GaussianMixture, n: int, nfes, tolerances, nam
                 runs.append(dict(sampler=label, budget=budget, error=f"skipped: a cheaper run took > {max_seconds}s"))
                 continue
             kw = dict(options, **setting)
+            denoise = kw.pop("denoise", stochastic)  # a variant may ask for the final Tweedie step
             t0 = time.perf_counter()
             try:
                 x, nfe = sd.sample(score_fn, sde, (n, gm.dim), sampler=sampler, grid=grid, eps=EPS,
                                    generator=torch.Generator().manual_seed(0), dtype=torch.float64,
-                                   denoise=stochastic, return_nfe=True, **kw)
+                                   denoise=denoise, return_nfe=True, **kw)
             except Exception as err:  # a sampler that fails is reported, not fatal
                 runs.append(dict(sampler=label, budget=budget, error=f"{type(err).__name__}: {err}"[:300]))
                 log(f"  {name} {label} {setting}: {type(err).__name__}: {err}"[:200])
