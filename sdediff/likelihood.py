@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from ._checks import all_finite
 from .datasets import dequantization_bpd_offset
 from .datasets import dequantize as _dequantize_levels
 from .sde import SDE, LinearSDE
@@ -225,9 +226,7 @@ class _CountedScore:
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"score_fn must return a tensor of x's shape {tuple(x.shape)}, got {got}")
-        # One reduction: a NaN/inf entry makes the sum non-finite (a finite sum that
-        # overflows falls through to the elementwise check).
-        if not math.isfinite(float(out.detach().sum())) and not bool(torch.isfinite(out).all()):
+        if not all_finite(out):
             raise FloatingPointError(f"score_fn returned NaN or inf at t = {float(t.flatten()[0]):.6g} "
                                      f"(evaluation {self.nfe}) during the likelihood solve")
         return out
@@ -321,7 +320,8 @@ def _exact_trace(vjp_fn: "_VJP", x_flat: Tensor, batched_vjp: _BatchedVJP) -> Te
     cotangents ``e_i`` batched by vmap in chunks (plain passes for tiny ``d``)."""
     batch, d = x_flat.shape
     if d <= _EXACT_LOOP_MAX_DIM:  # small d: d plain backward passes, no vmap
-        basis = _unit_cotangents(x_flat)
+        # e_i for every example: rows of the identity, broadcast over the batch (no copy).
+        basis = torch.eye(d, dtype=x_flat.dtype, device=x_flat.device)[:, None, :].expand(d, batch, d)
         tr = vjp_fn.single(basis[0])[:, 0]
         for i in range(1, d):
             tr = tr + vjp_fn.single(basis[i])[:, i]
@@ -335,23 +335,6 @@ def _exact_trace(vjp_fn: "_VJP", x_flat: Tensor, batched_vjp: _BatchedVJP) -> Te
         rows = batched_vjp(vjp_fn, basis)  # (c, B, d): row i of J for every example
         tr = tr + rows.gather(2, idx.view(-1, 1, 1).expand(-1, batch, 1)).sum((0, 2))
     return tr
-
-
-_UNIT_CACHE: dict = {}
-
-
-def _unit_cotangents(like: Tensor) -> Tensor:
-    """``(d, B, d)``: ``e_i`` repeated over the batch, for every ``i`` (cached per shape/dtype/device;
-    read-only)."""
-    key = (tuple(like.shape), like.dtype, like.device)
-    basis = _UNIT_CACHE.get(key)
-    if basis is None:
-        batch, d = like.shape
-        basis = torch.eye(d, dtype=like.dtype, device=like.device)[:, None, :].expand(d, batch, d).contiguous()
-        if len(_UNIT_CACHE) > 8:
-            _UNIT_CACHE.clear()
-        _UNIT_CACHE[key] = basis
-    return basis
 
 
 def _hutchinson_forms(vjp_fn: "_VJP", v: Tensor, out: Tensor, batched_vjp: _BatchedVJP,
@@ -557,8 +540,9 @@ def _log_likelihood_by_quadrature(score_fn, sde: LinearSDE, x: Tensor, eps: floa
 
     def drift(t: Tensor, y: Tensor) -> Tensor:
         t_vec = t.clamp(max=sde.T).expand(batch)
-        f_t = sde.f(t_vec).to(y)[:, None]
-        half_g2 = 0.5 * sde.g(t_vec).to(y)[:, None] ** 2
+        t_one = t_vec[:1]  # f and g at the one time of this evaluation, broadcast over the batch
+        f_t = sde.f(t_one).to(y)[:, None]
+        half_g2 = 0.5 * sde.g(t_one).to(y)[:, None] ** 2
         return f_t * y - half_g2 * score(y.reshape(shape), t_vec).reshape(batch, d)
 
     if method in _ADAPTIVE_SOLVERS:

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .._checks import all_finite
 from ..sde import SDE, LinearSDE
 
 GRIDS = ("uniform", "quadratic", "karras", "logsnr")
@@ -81,10 +82,7 @@ class GuardedScore:
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"score_fn must return a tensor of x's shape {tuple(x.shape)}, got {got}")
-        # One reduction: a NaN/inf entry makes the sum non-finite (a finite sum that
-        # overflows falls through to the full elementwise check).
-        if self.check_finite and not math.isfinite(float(out.sum())) \
-                and not bool(torch.isfinite(out).all()):
+        if self.check_finite and not all_finite(out):
             where = f"step {self.step}, " if self.step is not None else ""
             raise FloatingPointError(
                 f"score_fn returned NaN or inf at {where}t = {float(t_vec.flatten()[0]):.6g} "

@@ -355,7 +355,7 @@ def _scaled_error(x: Tensor, x_low: Tensor, x_high: Tensor, rtol: float, atol: f
     return float(sq.mean().sqrt() if norm == "rms" else sq.flatten(1).mean(1).sqrt().max())
 
 
-# Largest ratio of consecutive step sizes of the adaptive multistep solver (overridable for tests).
+# Largest ratio of consecutive step sizes of the adaptive multistep solver.
 _MAX_GROWTH = 2.0
 
 
