@@ -229,6 +229,47 @@ def test_nan_score_reports_step_and_time():
                   dtype=torch.float64)
 
 
+@pytest.mark.parametrize("sampler", sorted(sd.available_samplers()))
+def test_every_sampler_names_the_step_of_a_nan_score(sampler):
+    def score(x, t):
+        return torch.full_like(x, float("nan")) if float(t[0]) < 0.5 else -x
+
+    # The run checks only its samples; the replay with every output checked names the step.
+    with pytest.raises(FloatingPointError, match=r"score_fn returned NaN or inf at step \d+, t = 0\.[345]"):
+        sd.sample(score, VP, (4, 2), sampler=sampler, steps=5, eps=0.2, generator=g(0),
+                  dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_nan_replay_starts_from_the_same_random_state(seeded):
+    seen = []
+
+    def score(x, t):
+        if float(t[0]) < 0.5:
+            seen.append(x.clone())
+            return torch.full_like(x, float("nan"))
+        return -x
+
+    if not seeded:
+        torch.manual_seed(5)
+    with pytest.raises(FloatingPointError, match="step 4"):
+        sd.sample(score, VP, (4, 2), sampler="euler_maruyama", steps=5, eps=0.2, denoise=False,
+                  generator=g(0) if seeded else None, dtype=torch.float64)
+    # The first bad evaluation of the run and of its replay saw the same noisy state.
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+
+
+def test_nan_that_does_not_replay_is_still_reported():
+    calls = []
+
+    def flaky(x, t):
+        calls.append(1)
+        return torch.full_like(x, float("nan")) if len(calls) == 2 else -x
+
+    with pytest.raises(FloatingPointError, match="not deterministic"):
+        sd.sample(flaky, VP, (4, 2), sampler="ddim", steps=5, generator=g(0), dtype=torch.float64)
+
+
 def test_unchecked_sampling_still_refuses_nan_samples():
     def score(x, t):
         return torch.full_like(x, float("nan")) if float(t[0]) < 0.5 else -x

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .._checks import all_finite
 from ..sde import SDE, LinearSDE
 from ._common import GRIDS, GuardedScore, time_grid, tweedie
 
@@ -98,9 +99,13 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
         x_T: start from this state instead of a prior draw (its shape must equal ``shape``).
         dtype, device: of the prior draw (default: the default dtype; the generator's device).
         return_nfe: also return the number of score evaluations used.
-        check_finite: check every score output for NaN/inf, so that a failure names its
-            step and time (one reduction per evaluation, a few microseconds on CPU).
-            ``False`` checks only the returned samples (and cannot name the step).
+        check_finite: name the step and time at which ``score_fn`` first returned
+            NaN/inf. The run itself checks only the returned samples (no per-evaluation
+            reduction or host sync); if they are not finite, the run is replayed from the
+            same random state with every score output checked, which raises at the first
+            bad evaluation. A failing run so costs up to twice its NFE, a good one
+            nothing; replaying calls ``score_fn`` again and so assumes it is deterministic.
+            ``False`` skips the replay: NaN/inf samples raise without naming the step.
         **options: the sampler's own options (see its docstring).
 
     Returns:
@@ -109,8 +114,8 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
     Raises:
         ValueError: an unknown sampler (the message lists the available ones), bad
             ``steps``/``eps``/``grid``/``shape``, or a ``score_fn`` of the wrong output shape.
-        FloatingPointError: ``score_fn`` returned NaN/inf (the message names step and time),
-            or, with ``check_finite=False``, the samples are not finite.
+        FloatingPointError: the samples are not finite; the message names the step and
+            time at which ``score_fn`` first returned NaN/inf (unless ``check_finite=False``).
     """
     info = _REGISTRY.get(sampler)
     if info is None:
@@ -132,25 +137,64 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
     if denoise and not isinstance(sde, LinearSDE):
         raise ValueError("denoise=True needs a LinearSDE (Tweedie's formula uses scale/std); "
                          "pass denoise=False")
-    if x_T is None:
-        x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
-    else:
-        if tuple(x_T.shape) != tuple(shape):
-            raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x_T.shape)}")
-        x = x_T.clone()
-    ts = time_grid(sde, steps, eps=float(eps), kind=grid, device=x.device)
-    score = GuardedScore(score_fn, check_finite=bool(check_finite))
-    with torch.no_grad():
-        x = info.fn(score, sde, x, ts, generator=generator, progress=progress,
-                    callback=callback, **options)
-        if denoise:
-            score.step = steps
-            t_end = ts[-1:].to(torch.float64)
-            x = tweedie(score, x, float(t_end), float(sde.scale(t_end)), float(sde.std(t_end)))
-    if not check_finite and not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(f"sampler {sampler!r} produced NaN or inf samples; rerun with "
-                                 "check_finite=True to find the step where the score failed")
-    return (x, score.nfe) if return_nfe else x
+    if x_T is not None and tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x_T.shape)}")
+    rng = _RandomState(generator, x_T.device if x_T is not None else device)
+
+    def run(checked: bool, progress: bool, callback: Callable | None) -> tuple[Tensor, int]:
+        if x_T is None:
+            x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
+        else:
+            x = x_T.clone()
+        ts = time_grid(sde, steps, eps=float(eps), kind=grid, device=x.device)
+        score = GuardedScore(score_fn, check_finite=checked)
+        with torch.no_grad():
+            x = info.fn(score, sde, x, ts, generator=generator, progress=progress,
+                        callback=callback, **options)
+            if denoise:
+                score.step = steps
+                t_end = ts[-1:].to(torch.float64)
+                x = tweedie(score, x, float(t_end), float(sde.scale(t_end)), float(sde.std(t_end)))
+        return x, score.nfe
+
+    try:
+        x, nfe = run(False, progress, callback)
+        failure = None if all_finite(x) else f"sampler {sampler!r} produced NaN or inf samples"
+    except FloatingPointError as err:  # an adaptive sampler's error estimate went NaN/inf
+        failure = str(err)
+    if failure is not None:
+        if not check_finite:
+            raise FloatingPointError(f"{failure}; rerun with check_finite=True to find the step "
+                                     "where the score failed")
+        rng.restore()
+        run(True, False, None)  # raises at the first non-finite score output
+        raise FloatingPointError(f"{failure}, but a replay from the same random state with every "
+                                 "score output checked did not reproduce it: score_fn (or the "
+                                 "random state) is not deterministic")
+    return (x, nfe) if return_nfe else x
+
+
+class _RandomState:
+    """The state of ``generator`` (or of the global generators) now, to replay a run from."""
+
+    def __init__(self, generator: torch.Generator | None, device):
+        self.generator = generator
+        if generator is not None:
+            self.state = generator.get_state()
+            return
+        self.state = torch.get_rng_state()
+        device = torch.device(device) if device is not None else None
+        self.cuda = (device is not None and device.type == "cuda" and torch.cuda.is_available())
+        self.cuda_state = torch.cuda.get_rng_state(device) if self.cuda else None
+        self.device = device
+
+    def restore(self) -> None:
+        if self.generator is not None:
+            self.generator.set_state(self.state)
+            return
+        torch.set_rng_state(self.state)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
 
 
 def _nfe_text(info: SamplerInfo) -> str:

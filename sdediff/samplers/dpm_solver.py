@@ -352,7 +352,10 @@ def _scaled_error(x: Tensor, x_low: Tensor, x_high: Tensor, rtol: float, atol: f
     """``|x_high - x_low| / max(atol, rtol max(|x_low|, |x|))``: largest per-example RMS or batch RMS."""
     delta = torch.maximum(x_low.abs(), x.abs()).mul_(rtol).clamp_min_(atol)
     sq = ((x_high - x_low) / delta).pow(2)
-    return float(sq.mean().sqrt() if norm == "rms" else sq.flatten(1).mean(1).sqrt().max())
+    err = float(sq.mean().sqrt() if norm == "rms" else sq.flatten(1).mean(1).sqrt().max())
+    if not math.isfinite(err):  # NaN/inf reached the state: no step size can fix that
+        raise FloatingPointError("the adaptive solver's error estimate is NaN/inf")
+    return err
 
 
 # Largest ratio of consecutive step sizes of the adaptive multistep solver.

@@ -83,7 +83,11 @@ def ode_sampler(score, sde, x: Tensor, ts: Tensor, *, generator=None, progress=F
             # likewise torchdiffeq's initial-step heuristic probes an unbounded t0 + h0.
             span = float(t_eval[0] - t_eval[-1])
             options = {"step_t": t_eval[-1:], "first_step": 0.01 * span, **(options or {})}
-        sol = odeint(func, x, t_eval, method=method, options=options, **kwargs)
+        try:
+            sol = odeint(func, x, t_eval, method=method, options=options, **kwargs)
+        except AssertionError as err:  # torchdiffeq's "underflow in dt": NaN/inf or stiffness
+            raise FloatingPointError(f"the ODE solver failed ({err}): NaN/inf in the score, "
+                                     "or a step size that underflowed") from err
     finally:
         if pbar is not None:
             pbar.close()
