@@ -7,7 +7,8 @@ instantaneous change of variables (Chen et al. 2018, thm. 1)::
     log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div F(x(t), t) dt.
 
 :func:`log_likelihood` integrates the augmented state ``(x, delta_logp)`` from
-``eps`` to ``T`` with ``torchdiffeq.odeint``. The divergence is either exact
+``eps`` to ``T`` with Dormand-Prince 5(4) (a lean loop that takes torchdiffeq's
+``dopri5`` steps) or any ``torchdiffeq.odeint`` method. The divergence is either exact
 (the ``d`` vector-Jacobian products ``e_i^T dF/dx`` from one forward pass, run as
 one backward pass vectorized by ``torch.func.vmap`` -- autograd's
 ``is_grads_batched`` -- in chunks of cotangents so memory stays bounded) or the
@@ -49,6 +50,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from ._checks import all_finite
+from ._dopri5 import dopri5
 from .datasets import dequantization_bpd_offset
 from .datasets import dequantize as _dequantize_levels
 from .sde import SDE, LinearSDE
@@ -380,8 +382,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
     """Log-likelihood of every example of ``x`` at time ``eps`` through the probability-flow ODE.
 
     Integrates ``d/dt (x, delta) = (F, div F)`` with ``F = f - g^2 score / 2`` from
-    ``eps`` to ``T`` (torchdiffeq) and returns ``log p_eps(x) = log p_T(x(T)) + delta``
-    (Song et al. 2021, app. D.2).
+    ``eps`` to ``T`` (Dormand-Prince 5(4) by default) and returns
+    ``log p_eps(x) = log p_T(x(T)) + delta`` (Song et al. 2021, app. D.2).
 
     Args:
         score_fn: ``score_fn(x, t) -> tensor like x`` with ``t`` of shape ``(B,)``.
@@ -391,7 +393,10 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
         trace: ``"exact"`` (``d`` VJPs, vectorized and chunked), or the Hutchinson
             estimators ``"gaussian"`` / ``"rademacher"`` (unbiased, one VJP per probe).
         probes: Hutchinson probes per example, drawn once per solve and averaged (``>= 1``).
-        method: a torchdiffeq solver, e.g. ``"dopri5"`` (adaptive) or ``"rk4"``.
+        method: ``"dopri5"`` (adaptive, the default) or any other torchdiffeq solver, e.g.
+            ``"rk4"``. Without ``options``, ``"dopri5"`` runs the library's own
+            Dormand-Prince loop (:mod:`sdediff._dopri5`): the steps of torchdiffeq's
+            ``dopri5`` to round-off, at a tenth of its bookkeeping per step.
         rtol, atol: the solver's tolerances (on the augmented state).
         generator: the source of the probes (Hutchinson only).
         control_variate: Hutchinson on a :class:`LinearSDE` only: estimate
@@ -402,7 +407,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
             ``|v|^2 = d`` already, so for them it changes nothing.
         prior_logp: ``z -> (B,)`` to close the flow with another density at ``T``
             (default ``sde.prior_logp``), e.g. the exact ``p_T`` of an oracle.
-        options: extra solver options passed to ``odeint`` (e.g. ``{"step_size": 1e-2}``).
+        options: extra solver options passed to torchdiffeq's ``odeint`` (e.g.
+            ``{"step_size": 1e-2}``); with any, ``"dopri5"`` is torchdiffeq's too.
         error_norm: how adaptive solvers measure the local error against
             ``atol + rtol |y|``: ``"batch"`` (torchdiffeq's default, the RMS over the whole
             batch, so a few hard examples can carry errors far above the tolerance) or
@@ -473,18 +479,28 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
     if control_variate and not flow.linear:
         raise ValueError("control_variate=True needs a LinearSDE with scalar noise (its guess of "
                          f"the Jacobian's diagonal uses f(t), g(t) and the score); got {type(sde).__name__}")
-    times = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(batch, dtype=x.dtype, device=x.device)
-    options = dict(options or {})
-    if method in _ADAPTIVE_SOLVERS:
-        options.setdefault("step_t", times[1:])  # never step past T, where the SDE is undefined
-        if error_norm != "batch" or fresh_probes:
-            options.setdefault("norm", _error_norm(error_norm, include_delta=not fresh_probes))
+    norm = _error_norm(error_norm, include_delta=not fresh_probes)
     with torch.no_grad():
-        xs, deltas = odeint(flow, (x_flat, delta0), times, method=method, rtol=rtol, atol=atol,
-                            options=options)
-    z = xs[-1].reshape(x.shape)
-    delta = deltas[-1]
+        if method == "dopri5" and not options:
+            # The lean loop on one (B, d + 1) state: x, then delta_logp in the last column.
+            def func(t: Tensor, y: Tensor) -> Tensor:
+                dx, ddelta = flow(t, (y[:, :d], y[:, d]))
+                return torch.cat([dx, ddelta[:, None]], 1)
+
+            y1, _ = dopri5(func, torch.cat([x_flat, delta0[:, None]], 1), eps, sde.T, rtol, atol,
+                           norm=lambda e: norm((e[:, :d], e[:, d])))
+            z, delta = y1[:, :d].reshape(x.shape), y1[:, d]
+        else:
+            times = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
+            options = dict(options or {})
+            if method in _ADAPTIVE_SOLVERS:
+                options.setdefault("step_t", times[1:])  # never step past T, where the SDE is undefined
+                if error_norm != "batch" or fresh_probes:
+                    options.setdefault("norm", norm)
+            xs, deltas = odeint(flow, (x_flat, delta0), times, method=method, rtol=rtol, atol=atol,
+                                options=options)
+            z, delta = xs[-1].reshape(x.shape), deltas[-1]
     return _result(z, delta, prior_logp or sde.prior_logp, score.nfe, trace, probes)
 
 
@@ -545,15 +561,19 @@ def _log_likelihood_by_quadrature(score_fn, sde: LinearSDE, x: Tensor, eps: floa
         half_g2 = 0.5 * sde.g(t_one).to(y)[:, None] ** 2
         return f_t * y - half_g2 * score(y.reshape(shape), t_vec).reshape(batch, d)
 
-    if method in _ADAPTIVE_SOLVERS:
-        options.setdefault("step_t", t_ends[1:])
-        if error_norm != "batch":
-            norm = _error_norm(error_norm, include_delta=False)
-            options.setdefault("norm", lambda err: norm((err, None)))
+    x_norm = _error_norm(error_norm, include_delta=False)
     with torch.no_grad():
-        xs = odeint(drift, x.reshape(batch, d), times, method=method, rtol=rtol, atol=atol,
-                    options=options)
-    nodes_x = xs[1:-1]  # (n, B, d) at t_nodes
+        if method == "dopri5" and not options:
+            x_T, nodes_x = dopri5(drift, x.reshape(batch, d), eps, sde.T, rtol, atol,
+                                  norm=lambda err: x_norm((err, None)), t_eval=t_nodes)
+        else:
+            if method in _ADAPTIVE_SOLVERS:
+                options.setdefault("step_t", t_ends[1:])
+                if error_norm != "batch":
+                    options.setdefault("norm", lambda err: x_norm((err, None)))
+            xs = odeint(drift, x.reshape(batch, d), times, method=method, rtol=rtol, atol=atol,
+                        options=options)
+            x_T, nodes_x = xs[-1], xs[1:-1]  # nodes_x: (n, B, d) at t_nodes
 
     # tr(d score/dx) at every node, nodes grouped into large batched passes.
     group = max(1, _QUADRATURE_GROUP_ELEMENTS // max(1, batch * d * (1 if trace == "exact" else probes)))
@@ -581,7 +601,7 @@ def _log_likelihood_by_quadrature(score_fn, sde: LinearSDE, x: Tensor, eps: floa
     s2 = sde.std(t_nodes).to(**kw) ** 2
     log_a = torch.log(sde.scale(t_ends).to(**kw))
     delta = d * (log_a[1] - log_a[0]) - (weights[:, None] * s2[:, None] * tr).sum(0)
-    return _result(xs[-1].reshape(shape), delta, prior_logp or sde.prior_logp, score.nfe, trace, probes)
+    return _result(x_T.reshape(shape), delta, prior_logp or sde.prior_logp, score.nfe, trace, probes)
 
 
 def _check_inputs(score_fn, sde, x, eps, trace, probes, method, rtol, atol) -> Tensor:

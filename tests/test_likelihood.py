@@ -390,6 +390,23 @@ def test_small_d_loop_and_vectorized_exact_trace_agree(monkeypatch):
     assert torch.allclose(a.logp, b.logp, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("kw", [dict(trace="exact"), dict(trace="exact", error_norm="per_example"),
+                                dict(trace="rademacher", fresh_probes=True),
+                                dict(trace="rademacher", probes=2, quadrature=16, error_norm="per_example")])
+def test_lean_dopri5_takes_torchdiffeqs_steps(kw):
+    # method="dopri5" without options runs the library's own loop; any option hands the solve
+    # to torchdiffeq. Same method, same controller: the same evaluations and the same numbers.
+    oracle, sde = ring(), sd.VPSDE()
+    x = draw(oracle, 40, seed=6)
+    lean = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-4, atol=1e-4,
+                          generator=torch.Generator().manual_seed(0), **kw)
+    tdq = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-4, atol=1e-4,
+                         generator=torch.Generator().manual_seed(0), options={"max_num_steps": 10 ** 6}, **kw)
+    assert lean.nfe == tdq.nfe
+    assert torch.allclose(lean.logp, tdq.logp, rtol=0, atol=1e-9)
+    assert torch.allclose(lean.z, tdq.z, rtol=0, atol=1e-9)
+
+
 def test_fresh_probes_are_unbiased_and_cut_the_variance():
     oracle, sde = ring(), sd.VPSDE()
     x = draw(oracle, 4, seed=4)

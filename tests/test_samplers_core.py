@@ -282,3 +282,16 @@ def test_unchecked_sampling_still_refuses_nan_samples():
     b = sd.sample(lambda x, t: -x, VP, (4, 2), sampler="ddim", steps=5, generator=g(1), dtype=torch.float64,
                   check_finite=False)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("sde", [VP, sd.VESDE()], ids=["vp", "ve"])
+def test_ode_sampler_lean_dopri5_takes_torchdiffeqs_steps(sde):
+    # sampler="ode" with dopri5 and no solver options runs the library's own loop; any option
+    # hands it to torchdiffeq. The same steps: the same NFE and the same samples.
+    target = ring()
+    kw = dict(sampler="ode", steps=4, dtype=torch.float64, return_nfe=True, rtol=1e-4, atol=1e-4)
+    lean, n_lean = sd.sample(target.score_fn(sde), sde, (50, 2), generator=g(3), **kw)
+    tdq, n_tdq = sd.sample(target.score_fn(sde), sde, (50, 2), generator=g(3),
+                           options={"max_num_steps": 10 ** 6}, **kw)
+    assert n_lean == n_tdq
+    assert torch.allclose(lean, tdq, rtol=0, atol=1e-9)

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
+from .._dopri5 import dopri5
 from ..sde import LinearSDE
 from . import register_sampler
 
@@ -61,6 +62,8 @@ def ode_sampler(score, sde, x: Tensor, ts: Tensor, *, generator=None, progress=F
     fixed-grid on the sampler's time grid: euler, midpoint, heun2, heun3, rk4, explicit_adams,
     implicit_adams), ``rtol``/``atol`` (adaptive only, default 1e-5), ``options`` (passed to
     ``torchdiffeq.odeint``). The declared order is dopri5's; NFE per step varies with the method.
+    ``dopri5`` without ``options`` runs the library's own Dormand-Prince loop
+    (:mod:`sdediff._dopri5`), which takes torchdiffeq's steps to round-off.
     """
     if method not in ADAPTIVE_METHODS + FIXED_GRID_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; allowed: adaptive {', '.join(ADAPTIVE_METHODS)}; "
@@ -70,6 +73,7 @@ def ode_sampler(score, sde, x: Tensor, ts: Tensor, *, generator=None, progress=F
                 or value <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     adaptive = method in ADAPTIVE_METHODS
+    user_options = options
     t_eval = ts[[0, -1]] if adaptive else ts
     # torchdiffeq steps in the state's dtype; keep the time grid in float64 when the state is.
     t_eval = t_eval.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else x.dtype)
@@ -83,11 +87,18 @@ def ode_sampler(score, sde, x: Tensor, ts: Tensor, *, generator=None, progress=F
             # likewise torchdiffeq's initial-step heuristic probes an unbounded t0 + h0.
             span = float(t_eval[0] - t_eval[-1])
             options = {"step_t": t_eval[-1:], "first_step": 0.01 * span, **(options or {})}
-        try:
-            sol = odeint(func, x, t_eval, method=method, options=options, **kwargs)
-        except AssertionError as err:  # torchdiffeq's "underflow in dt": NaN/inf or stiffness
-            raise FloatingPointError(f"the ODE solver failed ({err}): NaN/inf in the score, "
-                                     "or a step size that underflowed") from err
+        if method == "dopri5" and not user_options:
+            # The lean loop (torchdiffeq's dopri5 steps, less bookkeeping), run forward in
+            # s = -t; the grid's ends are all this needs.
+            x_eps, _ = dopri5(lambda s, y: -func(-s, y), x, -float(t_eval[0]), -float(t_eval[-1]),
+                              rtol, atol, first_step=options["first_step"])
+            sol = torch.stack([x, x_eps])
+        else:
+            try:
+                sol = odeint(func, x, t_eval, method=method, options=options, **kwargs)
+            except AssertionError as err:  # torchdiffeq's "underflow in dt": NaN/inf or stiffness
+                raise FloatingPointError(f"the ODE solver failed ({err}): NaN/inf in the score, "
+                                         "or a step size that underflowed") from err
     finally:
         if pbar is not None:
             pbar.close()
