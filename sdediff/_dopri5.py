@@ -125,9 +125,11 @@ def dopri5(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: 
         factor = _MAX_GROWTH if ratio == 0.0 else min(
             _MAX_GROWTH, max(_SAFETY * ratio ** -0.2, _MAX_SHRINK if ratio > 1.0 else 1.0))
         dt = dt * factor
-    else:
+    if t < t1:
         raise RuntimeError(f"the ODE solve did not reach t = {t1:.6g} in {max_steps} steps (at t = {t:.6g})")
-    ys = torch.stack([o.view(y0.shape) for o in outs]) if t_eval is not None else None
+    ys = None
+    if t_eval is not None:
+        ys = torch.stack(outs).view(-1, *y0.shape) if outs else y0.new_empty((0, *y0.shape))
     return y.view(y0.shape), ys
 
 
