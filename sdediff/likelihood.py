@@ -480,27 +480,15 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
         raise ValueError("control_variate=True needs a LinearSDE with scalar noise (its guess of "
                          f"the Jacobian's diagonal uses f(t), g(t) and the score); got {type(sde).__name__}")
     delta0 = torch.zeros(batch, dtype=x.dtype, device=x.device)
-    norm = _error_norm(error_norm, include_delta=not fresh_probes)
-    with torch.no_grad():
-        if method == "dopri5" and not options:
-            # The lean loop on one (B, d + 1) state: x, then delta_logp in the last column.
-            def func(t: Tensor, y: Tensor) -> Tensor:
-                dx, ddelta = flow(t, (y[:, :d], y[:, d]))
-                return torch.cat([dx, ddelta[:, None]], 1)
 
-            y1, _ = dopri5(func, torch.cat([x_flat, delta0[:, None]], 1), eps, sde.T, rtol, atol,
-                           norm=lambda e: norm((e[:, :d], e[:, d])))
-            z, delta = y1[:, :d].reshape(x.shape), y1[:, d]
-        else:
-            times = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
-            options = dict(options or {})
-            if method in _ADAPTIVE_SOLVERS:
-                options.setdefault("step_t", times[1:])  # never step past T, where the SDE is undefined
-                if error_norm != "batch" or fresh_probes:
-                    options.setdefault("norm", norm)
-            xs, deltas = odeint(flow, (x_flat, delta0), times, method=method, rtol=rtol, atol=atol,
-                                options=options)
-            z, delta = xs[-1].reshape(x.shape), deltas[-1]
+    def func(t: Tensor, y: Tensor) -> Tensor:  # one (B, d + 1) state: x, then delta_logp
+        dx, ddelta = flow(t, (y[:, :d], y[:, d]))
+        return torch.cat([dx, ddelta[:, None]], 1)
+
+    with torch.no_grad():
+        y1, _ = _ode_solve(func, torch.cat([x_flat, delta0[:, None]], 1), eps, sde.T, method, rtol,
+                           atol, options, _error_norm(error_norm, d, include_delta=not fresh_probes))
+    z, delta = y1[:, :d].reshape(x.shape), y1[:, d]
     return _result(z, delta, prior_logp or sde.prior_logp, score.nfe, trace, probes)
 
 
@@ -561,19 +549,9 @@ def _log_likelihood_by_quadrature(score_fn, sde: LinearSDE, x: Tensor, eps: floa
         half_g2 = 0.5 * sde.g(t_one).to(y)[:, None] ** 2
         return f_t * y - half_g2 * score(y.reshape(shape), t_vec).reshape(batch, d)
 
-    x_norm = _error_norm(error_norm, include_delta=False)
     with torch.no_grad():
-        if method == "dopri5" and not options:
-            x_T, nodes_x = dopri5(drift, x.reshape(batch, d), eps, sde.T, rtol, atol,
-                                  norm=lambda err: x_norm((err, None)), t_eval=t_nodes)
-        else:
-            if method in _ADAPTIVE_SOLVERS:
-                options.setdefault("step_t", t_ends[1:])
-                if error_norm != "batch":
-                    options.setdefault("norm", lambda err: x_norm((err, None)))
-            xs = odeint(drift, x.reshape(batch, d), times, method=method, rtol=rtol, atol=atol,
-                        options=options)
-            x_T, nodes_x = xs[-1], xs[1:-1]  # nodes_x: (n, B, d) at t_nodes
+        x_T, nodes_x = _ode_solve(drift, x.reshape(batch, d), eps, sde.T, method, rtol, atol, options,
+                                  _error_norm(error_norm, d, include_delta=False), t_eval=t_nodes)
 
     # tr(d score/dx) at every node, nodes grouped into large batched passes.
     group = max(1, _QUADRATURE_GROUP_ELEMENTS // max(1, batch * d * (1 if trace == "exact" else probes)))
@@ -632,26 +610,41 @@ def _check_inputs(score_fn, sde, x, eps, trace, probes, method, rtol, atol) -> T
     return x
 
 
-def _error_norm(kind: str, include_delta: bool) -> Callable[[tuple[Tensor, Tensor]], Tensor]:
-    """The solver's error norm on the scaled error ``(x (B, d), delta (B,))``.
+def _error_norm(kind: str, d: int, include_delta: bool) -> Callable[[Tensor], Tensor]:
+    """The solver's error norm on the scaled error of the state ``(B, d [+ 1])``: ``x`` in
+    the first ``d`` columns, ``delta_logp`` in column ``d`` if ``include_delta``.
 
     ``"batch"``: the larger of the batch RMS of ``x`` and of ``delta`` (torchdiffeq's
-    mixed norm). ``"per_example"``: the largest per-example RMS over the example's ``d``
-    entries and its ``delta``. ``include_delta=False`` drops ``delta`` from either.
+    mixed norm of the pair). ``"per_example"``: the largest per-example RMS over the
+    example's ``d`` entries and its ``delta``.
     """
-    def batch(err: tuple[Tensor, Tensor]) -> Tensor:
-        ex, ed = err
-        rms_x = ex.pow(2).mean().sqrt()
-        return torch.maximum(rms_x, ed.pow(2).mean().sqrt()) if include_delta else rms_x
+    def batch(err: Tensor) -> Tensor:
+        rms_x = err[:, :d].pow(2).mean().sqrt()
+        return torch.maximum(rms_x, err[:, d].pow(2).mean().sqrt()) if include_delta else rms_x
 
-    def per_example(err: tuple[Tensor, Tensor]) -> Tensor:
-        ex, ed = err
-        sq = ex.pow(2).sum(1)
-        if include_delta:
-            return ((sq + ed.pow(2)) / (ex.shape[1] + 1)).sqrt().max()
-        return (sq / ex.shape[1]).sqrt().max()
+    def per_example(err: Tensor) -> Tensor:
+        cols = d + 1 if include_delta else d
+        return (err[:, :cols].pow(2).sum(1) / cols).sqrt().max()
 
     return batch if kind == "batch" else per_example
+
+
+def _ode_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float, method: str,
+               rtol: float, atol: float, options: dict | None, norm: Callable[[Tensor], Tensor],
+               t_eval: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """``(y(t1), y(t_eval))`` of ``dy/dt = func(t, y)`` from ``t0``: the library's dopri5 loop
+    (``method="dopri5"`` without ``options``), else ``torchdiffeq.odeint``. Adaptive steps
+    never pass ``t1`` (where the SDE is undefined)."""
+    if method == "dopri5" and not options:
+        return dopri5(func, y0, t0, t1, rtol, atol, norm=norm, t_eval=t_eval)
+    ends = torch.tensor([t0, t1], dtype=y0.dtype, device=y0.device)
+    times = ends if t_eval is None else torch.cat([ends[:1], t_eval.to(ends), ends[1:]])
+    options = dict(options or {})
+    if method in _ADAPTIVE_SOLVERS:
+        options.setdefault("step_t", ends[1:])
+        options.setdefault("norm", norm)
+    ys = odeint(func, y0, times, method=method, rtol=rtol, atol=atol, options=options)
+    return ys[-1], (None if t_eval is None else ys[1:-1])
 
 
 def _draw_probes(trace: str, shape: tuple[int, int, int], like: Tensor,

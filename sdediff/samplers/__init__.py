@@ -139,7 +139,8 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
                          "pass denoise=False")
     if x_T is not None and tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x_T.shape)}")
-    rng = _RandomState(generator, x_T.device if x_T is not None else device)
+    # The random state to replay a failing run from (only needed to name the failing step).
+    rng = _RandomState(generator, x_T.device if x_T is not None else device) if check_finite else None
 
     def run(checked: bool, progress: bool, callback: Callable | None) -> tuple[Tensor, int]:
         if x_T is None:

@@ -73,7 +73,7 @@ def ode_sampler(score, sde, x: Tensor, ts: Tensor, *, generator=None, progress=F
                 or value <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     adaptive = method in ADAPTIVE_METHODS
-    user_options = options
+    lean = method == "dopri5" and not options  # the library's loop; any option means torchdiffeq
     t_eval = ts[[0, -1]] if adaptive else ts
     # torchdiffeq steps in the state's dtype; keep the time grid in float64 when the state is.
     t_eval = t_eval.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else x.dtype)
@@ -87,7 +87,7 @@ def ode_sampler(score, sde, x: Tensor, ts: Tensor, *, generator=None, progress=F
             # likewise torchdiffeq's initial-step heuristic probes an unbounded t0 + h0.
             span = float(t_eval[0] - t_eval[-1])
             options = {"step_t": t_eval[-1:], "first_step": 0.01 * span, **(options or {})}
-        if method == "dopri5" and not user_options:
+        if lean:
             # The lean loop (torchdiffeq's dopri5 steps, less bookkeeping), run forward in
             # s = -t; the grid's ends are all this needs.
             x_eps, _ = dopri5(lambda s, y: -func(-s, y), x, -float(t_eval[0]), -float(t_eval[-1]),
