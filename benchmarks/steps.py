@@ -11,8 +11,9 @@ averaged over 3 draws): per-mode statistics from :func:`sdediff.metrics.mode_sta
 (``weights_tv``, ``mean_error``, ``spread_err = |spread_ratio - 1|``, ``frechet``), sliced W2
 to fresh exact samples, and ``logp_gap = |mean log p0(samples) - E log p0|``. Every sampler
 starts from the same prior draw (common random numbers). Deterministic samplers run with
-``denoise=False`` (but for the ``*_denoised`` variants); stochastic ones end with the Tweedie
-step (its NFE counted).
+``denoise=False`` (but for the ``*_denoised`` variants, and the ``*_to0`` ones, whose grid
+of ``nfe`` equal intervals on ``[0, T]`` ends with the Tweedie step as the step to ``t = 0``);
+stochastic ones end with the Tweedie step (its NFE counted).
 
 Also measured: the per-step overhead of the main samplers with the model cost excluded
 (a zero-cost score returning a precomputed tensor) against a bare loop of the same tensor
@@ -42,8 +43,15 @@ METRICS = ("weights_tv", "mean_error", "spread_err", "frechet", "sw2", "logp_gap
 EPS = 1e-3
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# The "final step to t = 0" of DPM-Solver++ / UniPC in their diffusers defaults: a grid of
+# ``nfe`` equal intervals on [0, T] whose last interval is the Tweedie step (the exact
+# first-order step to lambda = inf), so ``eps = T / nfe``; the solver's own steps keep
+# their full order (the Tweedie step is the low-order final one).
+_TO_ZERO = {"denoise": True, "lower_order_final": False, "eps": lambda nfe, T: T / nfe}
+
 # Variants of the samplers this benchmark knows: name -> [(label, options, grid, steps(nfe))].
-# ``steps(nfe)`` returns the number of steps that spends at most ``nfe`` evaluations.
+# ``steps(nfe)`` returns the number of steps that spends at most ``nfe`` evaluations; an
+# ``eps`` in the options, if any, is a function of the NFE budget and ``T`` (default ``EPS``).
 KNOWN_VARIANTS = {
     "ddim": [("ddim", {}, "logsnr", lambda n: n),
              ("ddim_eta1", {"eta": 1.0}, "logsnr", lambda n: n - 1)],
@@ -55,7 +63,8 @@ KNOWN_VARIANTS = {
                    ("dpm_solver_3M_uniform", {"order": 3}, "uniform", lambda n: n),
                    ("dpm_solver_2M_karras", {"order": 2}, "karras", lambda n: n),
                    ("dpm_solver_3M_karras", {"order": 3}, "karras", lambda n: n),
-                   ("dpm_solver_3S", {"order": 3, "method": "singlestep"}, "logsnr", lambda n: n // 3)],
+                   ("dpm_solver_3S", {"order": 3, "method": "singlestep"}, "logsnr", lambda n: n // 3),
+                   ("dpm_solver_3M_to0", dict(_TO_ZERO, order=3), "uniform", lambda n: n - 1)],
     "unipc": [("unipc_1_quad", {"order": 1}, "quadratic", lambda n: n),
               ("unipc_1_uniform", {"order": 1}, "uniform", lambda n: n),
               ("unipc_2", {"order": 2}, "logsnr", lambda n: n),
@@ -68,7 +77,8 @@ KNOWN_VARIANTS = {
               ("unipc_3_karras", {"order": 3}, "karras", lambda n: n),
               # n - 1 steps and the final Tweedie denoising step (Song et al. 2021) in the budget
               ("unipc_2_quad_denoised", {"order": 2, "denoise": True}, "quadratic", lambda n: n - 1),
-              ("unipc_3_uniform_denoised", {"order": 3, "denoise": True}, "uniform", lambda n: n - 1)],
+              ("unipc_3_uniform_denoised", {"order": 3, "denoise": True}, "uniform", lambda n: n - 1),
+              ("unipc_3_to0", dict(_TO_ZERO, order=3), "uniform", lambda n: n - 1)],
     "heun": [("heun", {}, "karras", lambda n: (n + 1) // 2),
              ("heun_churn", {"S_churn": 10.0}, "karras", lambda n: (n + 1) // 2)],
     "dpm_solver_adaptive": [("dpm_solver_12", {"order": 2}, "uniform", None),
@@ -152,9 +162,11 @@ def run_problem(name: str, gm: sd.GaussianMixture, n: int, nfes, tolerances, nam
                 continue
             kw = dict(options, **setting)
             denoise = kw.pop("denoise", stochastic)  # a variant may ask for the final Tweedie step
+            eps = kw.pop("eps", None)
+            eps = EPS if eps is None else float(eps(budget, sde.T))
             t0 = time.perf_counter()
             try:
-                x, nfe = sd.sample(score_fn, sde, (n, gm.dim), sampler=sampler, grid=grid, eps=EPS,
+                x, nfe = sd.sample(score_fn, sde, (n, gm.dim), sampler=sampler, grid=grid, eps=eps,
                                    generator=torch.Generator().manual_seed(0), dtype=torch.float64,
                                    denoise=denoise, return_nfe=True, **kw)
             except Exception as err:  # a sampler that fails is reported, not fatal
@@ -164,7 +176,8 @@ def run_problem(name: str, gm: sd.GaussianMixture, n: int, nfes, tolerances, nam
             seconds = time.perf_counter() - t0
             slow = seconds > max_seconds
             row = dict(sampler=label, budget=budget, nfe=int(nfe), seconds=seconds,
-                       options={k: v for k, v in kw.items()}, **_metrics(x, gm, fresh, logp_ref))
+                       options=dict(kw, **({} if eps == EPS else {"eps": eps})),
+                       **_metrics(x, gm, fresh, logp_ref))
             runs.append(row)
             log(f"  {name} {label:16s} nfe={nfe:5d} " +
                 " ".join(f"{m}={row[m]:.3g}" for m in METRICS) + f" ({seconds:.1f}s)")

@@ -330,3 +330,25 @@ def test_steps_benchmark_smoke(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} >= {"steps.json", "steps.md", "steps.png"}
     runs = res["problems"]["ring2d"]["runs"]
     assert runs and all("error" not in r for r in runs)
+
+
+def test_steps_benchmark_to_zero_variants():
+    """The ``*_to0`` benchmark variants: ``nfe - 1`` steps on the uniform grid of ``nfe``
+    intervals of ``[0, T]`` (so ``eps = T / nfe``), then the Tweedie step, all in budget."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.steps import run_problem
+    gm = ring_mixture()
+    res = run_problem("ring2d", gm, 200, nfes=[5, 10], tolerances=(), names=["unipc"], log=lambda *a: None)
+    rows = [r for r in res["runs"] if r["sampler"] == "unipc_3_to0"]
+    assert [r["budget"] for r in rows] == [5, 10]
+    for r in rows:
+        assert r["nfe"] == r["budget"] and r["options"]["eps"] == pytest.approx(1.0 / r["budget"])
+    sde = sd.VPSDE()
+    x = sd.sample(gm.score_fn(sde), sde, (200, 2), sampler="unipc", order=3, steps=4, grid="uniform",
+                  eps=0.2, denoise=True, lower_order_final=False, dtype=torch.float64,
+                  generator=torch.Generator().manual_seed(0))
+    fresh = gm.sample(200, generator=torch.Generator().manual_seed(2024), dtype=torch.float64)
+    assert rows[0]["sw2"] == pytest.approx(float(sliced_wasserstein(x, fresh, num_projections=256,
+                                                                    generator=17)))
