@@ -432,7 +432,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
             Hutchinson probes every node draws its own ``probes`` probes, so the estimate
             averages ``n * probes`` independent ones: unbiased for the quadrature, and on
             the test mixtures ``n = 48, probes = 4`` has a 3.4-3.8x smaller std than one
-            probe held along an ODE solve, at 1.2-1.3x its time at the same tolerance.
+            probe held along an ODE solve, at 1.2-1.5x its time at the same tolerance.
             The quadrature error itself falls geometrically with ``n`` (exact trace, 64-D mixture:
             ~0.12 / 0.05 / 0.02 nats at ``n`` = 32 / 48 / 64): use it for Hutchinson,
             where it hides under the probe noise, and the ODE path for the most accurate
