@@ -24,6 +24,7 @@ two take the same steps up to round-off (tested):
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -56,7 +57,9 @@ _SAFETY, _MAX_GROWTH, _MAX_SHRINK = 0.9, 10.0, 0.2
 
 def dopri5(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float, rtol: float,
            atol: float, norm: Callable[[Tensor], Tensor] | None = None, t_eval: Tensor | None = None,
-           first_step: float | None = None, max_steps: int = 100_000) -> tuple[Tensor, Tensor | None]:
+           first_step: float | None = None, max_steps: int = 100_000,
+           on_step: Callable[[float, float, Callable[[float], Tensor]], None] | None = None
+           ) -> tuple[Tensor, Tensor | None]:
     """Integrate ``dy/dt = func(t, y)`` from ``t0`` to ``t1 > t0`` with adaptive steps.
 
     Args:
@@ -68,6 +71,9 @@ def dopri5(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: 
         t_eval: increasing times in ``(t0, t1]`` to read the solution at (dense output).
         first_step: the size of the first step (default: chosen from two evaluations).
         max_steps: give up (``RuntimeError``) after this many steps, accepted or not.
+        on_step: called after every accepted step as ``on_step(t, dt, y_at)``, where
+            ``y_at(s)`` is the dense output ``y(t + s dt)`` for ``s`` in ``[0, 1]`` (shape
+            of ``y0``); ``y_at`` is valid only during the call.
 
     Returns:
         ``(y(t1), ys)`` with ``ys`` of shape ``(len(t_eval), *y0.shape)`` (``None``
@@ -116,10 +122,13 @@ def dopri5(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: 
             raise FloatingPointError(f"the ODE solver's error estimate is NaN/inf at t = {t:.6g}")
         if ratio <= 1.0:
             t_new = t1 if last else t + dt
-            if len(outs) < n_eval and t_list[len(outs)] <= t_new:
+            dense = on_step is not None or (len(outs) < n_eval and t_list[len(outs)] <= t_new)
+            if dense:
                 y_mid = torch.addmv(y, k.T, mid_row, alpha=dt)
                 while len(outs) < n_eval and t_list[len(outs)] <= t_new:
                     outs.append(_quartic(y, y_new, y_mid, k[0], k[6], dt, (t_list[len(outs)] - t) / dt))
+                if on_step is not None:
+                    on_step(t, dt, functools.partial(_dense_at, y, y_new, y_mid, k[0], k[6], dt, y0.shape))
             t, y = t_new, y_new
             k[0] = k[6]
         factor = _MAX_GROWTH if ratio == 0.0 else min(
@@ -150,6 +159,12 @@ def _first_step(f, t0: float, t1: float, y0: Tensor, f0: Tensor, rtol: float, at
     else:
         h1 = (0.01 / max(d1, d2)) ** (1.0 / 5.0)
     return min(100.0 * h0, h1)
+
+
+def _dense_at(y0: Tensor, y1: Tensor, y_mid: Tensor, f0: Tensor, f1: Tensor, dt: float, shape,
+              x: float) -> Tensor:
+    """The dense output at the fraction ``x`` of a step, in the state's shape."""
+    return _quartic(y0, y1, y_mid, f0, f1, dt, x).view(shape)
 
 
 def _quartic(y0: Tensor, y1: Tensor, y_mid: Tensor, f0: Tensor, f1: Tensor, dt: float, x: float) -> Tensor:

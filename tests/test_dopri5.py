@@ -49,3 +49,36 @@ def test_nan_and_step_limits_raise():
         dopri5(lambda t, y: -y if float(t) < 0.5 else y * float("nan"), y0, 0.0, 1.0, 1e-5, 1e-5)
     with pytest.raises(RuntimeError, match="did not reach"):
         dopri5(lambda t, y: -y, y0, 0.0, 1.0, 1e-9, 1e-9, max_steps=3)
+
+
+def test_on_step_reports_every_accepted_step_with_its_dense_output():
+    f, y0, exact, _ = problem(batch=50)
+    t_eval = torch.tensor([0.3, 1.1, 1.7], dtype=torch.float64)
+    steps, at_eval = [], {}
+
+    def on_step(t, dt, y_at):  # y_at is valid during the call only: read it now
+        steps.append((t, dt, y_at(0.0), y_at(1.0), {s: y_at(s) for s in (0.25, 0.5, 0.9)}))
+        for i, te in enumerate(t_eval.tolist()):
+            if t < te <= t + dt:
+                at_eval[i] = y_at((te - t) / dt)
+
+    y1, ys = dopri5(f, y0, 0.0, 2.0, 1e-6, 1e-6, t_eval=t_eval, on_step=on_step)
+    y_plain, ys_plain = dopri5(f, y0, 0.0, 2.0, 1e-6, 1e-6, t_eval=t_eval)
+    assert torch.equal(y1, y_plain) and torch.equal(ys, ys_plain)  # observing changes nothing
+    # The steps tile [0, 2] in order; each starts where the last ended, the last ends at y1.
+    assert steps[0][0] == 0.0 and steps[-1][0] + steps[-1][1] == pytest.approx(2.0, abs=1e-15)
+    for (t, dt, *_), (t_next, *_) in zip(steps, steps[1:]):
+        assert t_next == pytest.approx(t + dt, abs=1e-15)
+    # The interpolant meets the step's ends (to round-off): continuous across steps.
+    assert torch.allclose(steps[0][2], y0, rtol=0, atol=1e-13)
+    assert torch.allclose(steps[-1][3], y1, rtol=0, atol=1e-13)
+    for (_, _, _, end, _), (_, _, start, _, _) in zip(steps, steps[1:]):
+        assert torch.allclose(end, start, rtol=0, atol=1e-13)
+    # The dense output inside a step is the solution to the solver's accuracy, and is the
+    # same interpolant that t_eval reads.
+    for t, dt, _, _, inner in steps:
+        for s, y in inner.items():
+            assert float((y - exact(t + s * dt)).abs().max()) < 20 * 1e-6
+    assert sorted(at_eval) == [0, 1, 2]
+    for i, y in at_eval.items():
+        assert torch.allclose(y, ys[i], rtol=0, atol=1e-13)
