@@ -72,6 +72,11 @@ _unit_float = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 _ema_decay = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def _quadrature(text: str) -> int | str:
+    """``--quadrature``: ``steps`` or a node count (its range is checked by log_likelihood)."""
+    return text if text == "steps" else _positive_int(text)
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE.toml",
@@ -182,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=1000, help="test examples (default: 1000; digits: <= 300)")
     p.add_argument("--probes", type=_positive_int, default=1,
                    help="Hutchinson probes per example (per node with --quadrature; default: 1)")
-    p.add_argument("--quadrature", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--quadrature", type=_quadrature, default=None, metavar="N|steps",
                    help="solve the trajectory alone and integrate the divergence with N Gauss-Legendre "
-                        "nodes in log-SNR, each with its own probes (N >= 2; default: integrate with the ODE)")
+                        "nodes in log-SNR (N >= 2), or 'steps': 3 nodes on every solver step; each node "
+                        "with its own probes (default: integrate with the ODE)")
     p.add_argument("--rtol", type=_unit_float, default=1e-5, help="ODE relative tolerance (default: 1e-5)")
     p.add_argument("--atol", type=_unit_float, default=1e-5, help="ODE absolute tolerance (default: 1e-5)")
     p.add_argument("--eps", type=_unit_float, default=1e-5, help="start time of the flow (default: 1e-5)")

@@ -216,3 +216,8 @@ def test_likelihood_by_quadrature(ring_run, tmp_path):
     assert res["n"] == 8 and math.isfinite(res["nll"]) and res["nfe"] > 16
     bad = run_cli("likelihood", "--ckpt", ring_run, "--data", "ring", "--n", "8", "--quadrature", "1")
     assert bad.returncode == 1 and "quadrature" in bad.stderr and "Traceback" not in bad.stderr
+    _ok(run_cli("likelihood", "--ckpt", ring_run, "--data", "ring", "--n", "8", "--json", report,
+                "--quadrature", "steps", "--rtol", "1e-3", "--atol", "1e-3", "--no-progress"))
+    assert math.isfinite(json.loads(report.read_text())["nll"])
+    bad = run_cli("likelihood", "--ckpt", ring_run, "--data", "ring", "--n", "8", "--quadrature", "step")
+    assert bad.returncode == 2 and "quadrature" in bad.stderr
