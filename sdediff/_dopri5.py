@@ -122,8 +122,7 @@ def dopri5(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: 
             raise FloatingPointError(f"the ODE solver's error estimate is NaN/inf at t = {t:.6g}")
         if ratio <= 1.0:
             t_new = t1 if last else t + dt
-            dense = on_step is not None or (len(outs) < n_eval and t_list[len(outs)] <= t_new)
-            if dense:
+            if on_step is not None or (len(outs) < n_eval and t_list[len(outs)] <= t_new):
                 y_mid = torch.addmv(y, k.T, mid_row, alpha=dt)
                 while len(outs) < n_eval and t_list[len(outs)] <= t_new:
                     outs.append(_quartic(y, y_new, y_mid, k[0], k[6], dt, (t_list[len(outs)] - t) / dt))

@@ -614,20 +614,18 @@ def _log_likelihood_by_steps(score_fn, sde: LinearSDE, x: Tensor, eps: float, m:
     fractions, half_weights = ((u + 1.0) / 2.0).tolist(), (w / 2.0).tolist()
     score = _CountedScore(score_fn)
     nodes = _NodeTraces(score, shape, trace, probes, generator, control_variate)
-    times: list[float] = []
     weights: list[float] = []
 
     def on_step(t: float, dt: float, x_at: Callable[[float], Tensor]) -> None:
         for frac, half_w in zip(fractions, half_weights):
-            times.append(t + frac * dt)
             weights.append(half_w * dt)
-            nodes.add(times[-1], x_at(frac))
+            nodes.add(t + frac * dt, x_at(frac))
 
     with torch.no_grad():
         x_T, _ = dopri5(_trajectory_drift(score, sde, shape), x.reshape(batch, d), eps, sde.T, rtol, atol,
                         norm=_error_norm(error_norm, d, include_delta=False), on_step=on_step)
     tr = nodes.traces()  # (N, B)
-    t_nodes = torch.tensor(times, **kw)
+    t_nodes = torch.tensor(nodes.times, **kw)
     half_g2 = 0.5 * sde.g(t_nodes).to(**kw) ** 2
     log_a = torch.log(sde.scale(torch.tensor([eps, sde.T], **kw)).to(**kw))
     # int div F dt = d log(a(T) / a(eps)) - int g^2 / 2 tr(d score/dx) dt
@@ -654,7 +652,7 @@ class _NodeTraces:
 
     :meth:`add` takes one node (its time and its ``(B, d)`` state) and runs a batched
     pass whenever ``group`` nodes are waiting; :meth:`traces` runs the rest and returns
-    all of them, ``(N, B)`` in the order added. With Hutchinson probes every node draws
+    all of them, ``(N, B)`` in the order added (their times in :attr:`times`). With Hutchinson probes every node draws
     its own. Each node counts as one evaluation of ``score``.
     """
 
@@ -669,17 +667,18 @@ class _NodeTraces:
         else:
             self.group = max(1, _QUADRATURE_GROUP_ELEMENTS // max(1, self.batch * self.dim * probes))
         self.batched_vjp = _BatchedVJP()
+        self.times: list[float] = []
         self._out: list[Tensor] = []
-        self._waiting: tuple[list[float], list[Tensor]] = ([], [])
+        self._waiting: list[Tensor] = []  # states of the last nodes added, not yet traced
 
     def add(self, t: float, x: Tensor) -> None:
-        self._waiting[0].append(t)
-        self._waiting[1].append(x)
-        if len(self._waiting[0]) == self.group:
+        self.times.append(t)
+        self._waiting.append(x)
+        if len(self._waiting) == self.group:
             self._run()
 
     def traces(self) -> Tensor:
-        if self._waiting[0]:
+        if self._waiting:
             self._run()
         tr = torch.cat(self._out)
         if not bool(torch.isfinite(tr).all()):
@@ -688,11 +687,11 @@ class _NodeTraces:
         return tr
 
     def _run(self) -> None:
-        times, states = self._waiting
-        x_nodes = torch.stack(states)
+        x_nodes = torch.stack(self._waiting)
         k, rows = x_nodes.shape[0], x_nodes.shape[0] * self.batch
-        t_rows = torch.tensor(times, dtype=x_nodes.dtype, device=x_nodes.device).repeat_interleave(self.batch)
-        self._waiting = ([], [])
+        t_rows = torch.tensor(self.times[-k:], dtype=x_nodes.dtype,
+                              device=x_nodes.device).repeat_interleave(self.batch)
+        self._waiting = []
         with torch.enable_grad():
             y = x_nodes.reshape(rows, self.dim).detach().requires_grad_(True)
             out = self.score.score_fn(y.reshape((rows,) + self.shape[1:]), t_rows).reshape(rows, self.dim)
