@@ -16,7 +16,10 @@ Columns: ``err`` = mean |logp - log p_eps| (nats, includes the prior mismatch);
 the prior instead of the true ``p_T`` (no solver can beat it); ``ode_err`` =
 the error with the exact ``p_T`` at the computed latent (solver + estimator
 error alone); ``std`` = per-example std of ``logp - log p_eps`` (the estimator
-noise for Hutchinson).
+noise for Hutchinson). The goals section also gives the exact trace's cost floor: the
+time of one exact-trace node (a forward pass and its ``d`` vectorized vector-Jacobian
+products), how many such nodes the reference's time buys, and how many the cheapest exact
+run that meets the accuracy bar evaluated.
 
 Run ``python -m benchmarks.likelihood [--quick]``; writes
 ``benchmarks/results/likelihood.{json,md,png}``.
@@ -84,6 +87,38 @@ def reference_logp(score_fn, sde, x: torch.Tensor, eps: float = EPS, rtol: float
     z = torch.from_numpy(sol.y[:-batch, -1]).reshape(shape)
     delta = torch.from_numpy(sol.y[-batch:, -1])
     return sde.prior_logp(z) + delta, nfe
+
+
+def exact_node_seconds(score_fn, x: torch.Tensor, t: float = 0.5, repeats: int = 5) -> float:
+    """Wall time of one exact-trace node: one forward pass of the score on the batch and
+    its ``d`` vector-Jacobian products ``e_i^T J`` as one vectorized backward pass
+    (minimum over ``repeats``). Every exact-trace evaluation costs at least this."""
+    batch, d = x.shape[0], x[0].numel()
+    t_vec = torch.full((batch,), t, dtype=x.dtype)
+    basis = torch.eye(d, dtype=x.dtype)[:, None, :].expand(d, batch, d).reshape(d, *x.shape)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        y = x.detach().requires_grad_(True)
+        out = score_fn(y, t_vec)
+        torch.autograd.grad(out, y, basis, is_grads_batched=True)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def count_trace_nodes(score_fn, sde, x: torch.Tensor, rtol: float, **kw) -> float:
+    """Exact-trace nodes (batch-sized score evaluations under autograd) of one
+    :func:`log_likelihood` run: an untimed pass with a counting score."""
+    rows = 0
+
+    def counted(y, t):
+        nonlocal rows
+        if y.requires_grad:
+            rows += y.shape[0]
+        return score_fn(y, t)
+
+    log_likelihood(counted, sde, x, eps=EPS, rtol=rtol, atol=rtol, **kw)
+    return rows / x.shape[0]
 
 
 def _row(problem, estimator, rtol, logp, exact, seconds, nfe, floor=None, ode_err=None):
@@ -173,6 +208,7 @@ def run(quick: bool = False, out_dir: Path | str = RESULTS, repeats: int | None 
                     results[j] = log_likelihood(score_fn, sde, x, eps=EPS, rtol=rtol, atol=rtol,
                                                 generator=gen, **kw)
                 best[j] = min(best[j], time.perf_counter() - t0)
+        node_s = exact_node_seconds(score_fn, x, repeats=3 * repeats)
         for j, (label, rtol, kw) in enumerate(jobs):
             if kw is None:
                 logp, nfe = results[j]
@@ -183,6 +219,9 @@ def run(quick: bool = False, out_dir: Path | str = RESULTS, repeats: int | None 
                 floor = float((res.prior_logp - p_T).abs().mean())
                 ode_err = float((res.delta_logp + p_T - exact).abs().mean())
                 rows.append(_row(name, label, rtol, res.logp, exact, best[j], res.nfe, floor, ode_err))
+                if kw.get("trace") == "exact":
+                    rows[-1]["trace_nodes"] = count_trace_nodes(score_fn, sde, x, rtol, **kw)
+            rows[-1]["node_seconds"] = node_s
             print(_fmt(rows[-1]), flush=True)
     _write(rows, Path(out_dir), quick, threads, plot)
     return rows
@@ -203,6 +242,7 @@ def goals(rows: list[dict]) -> list[str]:
             lines.append(f"- {prob}, {r['estimator']}, rtol {r['rtol']:.0e}: {bar}: "
                          f"{'yes' if ok else 'no'} (err {r['err']:.2e}); time {t:.2f}x reference: "
                          f"{'yes' if t <= 1 else 'no'}")
+        lines.extend(_node_budget(prob, rows, ref[prob], bar))
         plain = {r["rtol"]: r for r in rows if r["problem"] == prob and r["estimator"] == "rademacher"}
         # One fixed probe's std hardly depends on rtol, so its cheapest run is the strictest
         # "equal cost" comparison.
@@ -229,6 +269,25 @@ def goals(rows: list[dict]) -> list[str]:
             lines.append(f"- {prob}, {r['estimator']}, rtol {r['rtol']:.0e}: per-example std "
                          + "; ".join(parts))
     return lines
+
+
+def _node_budget(prob: str, rows: list[dict], ref: dict, bar: str) -> list[str]:
+    """The exact trace's cost floor: what one node costs, how many the reference's time buys,
+    and how many the cheapest exact run meeting the accuracy bar evaluated."""
+    node_s = ref.get("node_seconds")
+    if not node_s:
+        return []
+    met = [r for r in rows if r["problem"] == prob and r.get("trace_nodes")
+           and (r["err"] <= 1e-4 if prob == "ring2d" else r["err"] <= 1.1 * r["floor"])]
+    line = (f"- {prob}, exact-trace cost floor: one node (a forward pass and its d vector-Jacobian "
+            f"products, vectorized) takes {node_s * 1e3:.1f} ms, so the reference's "
+            f"{ref['seconds']:.3f} s buys {ref['seconds'] / node_s:.1f} nodes")
+    if met:
+        r = min(met, key=lambda r: r["trace_nodes"])
+        line += (f"; the exact run meeting '{bar}' with the fewest nodes ({r['estimator']}, rtol "
+                 f"{r['rtol']:.0e}) evaluated {r['trace_nodes']:.0f}, whose node cost alone is "
+                 f"{r['trace_nodes'] * node_s / ref['seconds']:.2f}x the reference's time")
+    return [line]
 
 
 def _fmt(r: dict) -> str:
