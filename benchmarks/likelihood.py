@@ -94,8 +94,8 @@ def exact_node_seconds(score_fn, x: torch.Tensor, t: float = 0.5, repeats: int =
     its ``d`` vector-Jacobian products ``e_i^T J`` as one vectorized backward pass
     (minimum over ``repeats``). Every exact-trace evaluation costs at least this."""
     batch, d = x.shape[0], x[0].numel()
-    t_vec = torch.full((batch,), t, dtype=x.dtype)
-    basis = torch.eye(d, dtype=x.dtype)[:, None, :].expand(d, batch, d).reshape(d, *x.shape)
+    t_vec = torch.full((batch,), t, dtype=x.dtype, device=x.device)
+    basis = torch.eye(d, dtype=x.dtype, device=x.device)[:, None, :].expand(d, batch, d).reshape(d, *x.shape)
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
