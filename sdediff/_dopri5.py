@@ -55,6 +55,12 @@ _MID = (6025192743 / 30085553152 / 2, 0.0, 51252292925 / 65400821598 / 2,
 _SAFETY, _MAX_GROWTH, _MAX_SHRINK = 0.9, 10.0, 0.2
 
 
+def runs_lean(method: str, options: dict | None) -> bool:
+    """Whether an ODE solve with torchdiffeq's ``method`` and ``options`` runs this loop:
+    ``"dopri5"`` without options does; any option is torchdiffeq's to interpret."""
+    return method == "dopri5" and not options
+
+
 def dopri5(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float, rtol: float,
            atol: float, norm: Callable[[Tensor], Tensor] | None = None, t_eval: Tensor | None = None,
            first_step: float | None = None, max_steps: int = 100_000,

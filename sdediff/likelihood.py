@@ -53,7 +53,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from ._checks import all_finite
-from ._dopri5 import dopri5
+from ._dopri5 import dopri5, runs_lean
 from .datasets import dequantization_bpd_offset
 from .datasets import dequantize as _dequantize_levels
 from .sde import SDE, LinearSDE
@@ -497,7 +497,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
             raise ValueError("fresh_probes applies to the ODE path; quadrature=n already draws "
                              "new probes at every node")
         if by_steps:
-            if method != "dopri5" or options:
+            if not runs_lean(method, options):
                 raise ValueError("quadrature='steps' runs the library's dopri5 loop: it needs "
                                  f"method='dopri5' and no options, got method={method!r}, "
                                  f"options={options!r}")
@@ -681,7 +681,7 @@ class _NodeTraces:
         if self._waiting:
             self._run()
         tr = torch.cat(self._out)
-        if not bool(torch.isfinite(tr).all()):
+        if not all_finite(tr):
             raise FloatingPointError("the divergence came out NaN/inf at a quadrature node: check the "
                                      "score function and eps")
         return tr
@@ -759,7 +759,7 @@ def _ode_solve(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, 
     """``(y(t1), y(t_eval))`` of ``dy/dt = func(t, y)`` from ``t0``: the library's dopri5 loop
     (``method="dopri5"`` without ``options``), else ``torchdiffeq.odeint``. Adaptive steps
     never pass ``t1`` (where the SDE is undefined)."""
-    if method == "dopri5" and not options:
+    if runs_lean(method, options):
         return dopri5(func, y0, t0, t1, rtol, atol, norm=norm, t_eval=t_eval)
     ends = torch.tensor([t0, t1], dtype=y0.dtype, device=y0.device)
     times = ends if t_eval is None else torch.cat([ends[:1], t_eval.to(ends), ends[1:]])

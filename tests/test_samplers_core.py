@@ -1,7 +1,5 @@
 """Predictors, correctors, PC, probability-flow ODE (torchdiffeq) and reverse SDE (torchsde),
 checked against the Gaussian-mixture oracle."""
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -17,7 +17,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from .._dopri5 import dopri5
+from .._dopri5 import dopri5, runs_lean
 from ..sde import LinearSDE
 from . import register_sampler
 
@@ -73,7 +73,7 @@ def ode_sampler(score, sde, x: Tensor, ts: Tensor, *, generator=None, progress=F
                 or value <= 0:
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     adaptive = method in ADAPTIVE_METHODS
-    lean = method == "dopri5" and not options  # the library's loop; any option means torchdiffeq
+    lean = runs_lean(method, options)
     t_eval = ts[[0, -1]] if adaptive else ts
     # torchdiffeq steps in the state's dtype; keep the time grid in float64 when the state is.
     t_eval = t_eval.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else x.dtype)
