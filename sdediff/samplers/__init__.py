@@ -24,7 +24,8 @@ from .._checks import all_finite
 from ..sde import SDE, LinearSDE
 from ._common import GRIDS, GuardedScore, time_grid, tweedie
 
-__all__ = ["sample", "register_sampler", "available_samplers", "SamplerInfo", "time_grid"]
+__all__ = ["sample", "register_sampler", "available_samplers", "SamplerInfo", "time_grid", "GuardedScore",
+           "schedule", "exponential_weights"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,3 +205,5 @@ def _nfe_text(info: SamplerInfo) -> str:
 
 # Importing the sampler modules runs their ``@register_sampler`` decorators.
 from . import correctors, ddim, dpm_solver, edm, ode, pc, predictors, sde  # noqa: E402,F401
+from .ddim import schedule  # noqa: E402
+from .dpm_solver import _weights as exponential_weights  # noqa: E402

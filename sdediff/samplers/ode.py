@@ -18,7 +18,6 @@ from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
 from .._dopri5 import dopri5, runs_lean
-from ..sde import LinearSDE
 from . import register_sampler
 
 __all__ = ["ode_sampler", "ADAPTIVE_METHODS", "FIXED_GRID_METHODS"]
@@ -28,14 +27,12 @@ FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_ad
 
 
 class _FlowDrift(torch.nn.Module):
-    """``F(t, x) = f(x, t) - g(t)^2 score(x, t) / 2`` with the schedule as 0-dim tensors (no host sync)."""
+    """torchdiffeq's ``F(t, x)``: the probability-flow drift of :meth:`ReverseSDE.drift`."""
 
     def __init__(self, score, sde, ts: Tensor, pbar):
         super().__init__()
-        self.score, self.sde, self.pbar = score, sde, pbar
-        self.linear = isinstance(sde, LinearSDE)
-        self.flow = None if self.linear else sde.reverse(score, probability_flow=True)
-        self.ts = ts
+        self.flow = sde.reverse(score, probability_flow=True)
+        self.score, self.pbar, self.ts = score, pbar, ts
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         if self.pbar is not None:
@@ -43,12 +40,7 @@ class _FlowDrift(torch.nn.Module):
         # name the grid interval containing t in NaN reports
         self.score.step = int(torch.searchsorted(-self.ts, -t.detach().to(self.ts), right=True).clamp(
             1, len(self.ts) - 1)) - 1
-        if self.linear:
-            t64 = t.detach().to(torch.float64)
-            f = self.sde.f(t64).to(x.dtype)
-            g2 = self.sde.g(t64).to(x.dtype) ** 2
-            return f * x - 0.5 * g2 * self.score(x, t)
-        return self.flow.sde(x, t)[0]
+        return self.flow.drift(x, t)
 
 
 @register_sampler("ode", nfe_per_step=None, order=5, stochastic=False)

@@ -34,16 +34,15 @@ class Grid:
 
     Attributes:
         t: the ``steps + 1`` times, ``t[0] = T`` down to ``t[-1] = eps``.
-        scale, std, f, g: ``a(t)``, ``s(t)``, ``f(t)``, ``g(t)`` at each time (linear SDEs;
+        scale, std, g: ``a(t)``, ``s(t)``, ``g(t)`` at each time (linear SDEs;
             ``None`` otherwise).
-        reverse: the reverse SDE (general SDEs).
-        flow: the probability-flow ODE (general SDEs).
+        reverse: the reverse SDE, whose :meth:`~sdediff.sde.ReverseSDE.drift` is the step's drift.
+        flow: the probability-flow ODE.
     """
 
     t: list[float]
     scale: list[float] | None = None
     std: list[float] | None = None
-    f: list[float] | None = None
     g: list[float] | None = None
     reverse: ReverseSDE | None = None
     flow: ReverseSDE | None = None
@@ -56,15 +55,14 @@ class Grid:
     def build(cls, sde: SDE, ts: Tensor, score: Callable) -> "Grid":
         """Tabulate the schedule on ``ts`` (one vectorized call per coefficient)."""
         t64 = ts.detach().to(device="cpu", dtype=torch.float64)
-        grid = cls(t=t64.tolist())
+        grid = cls(t=t64.tolist(), reverse=sde.reverse(score), flow=sde.reverse(score, probability_flow=True))
         if isinstance(sde, LinearSDE):
             grid.scale = sde.scale(t64).tolist()
             grid.std = sde.std(t64).tolist()
-            grid.f = sde.f(t64).tolist()
             grid.g = sde.g(t64).tolist()
-        else:
-            grid.reverse = sde.reverse(score)
-            grid.flow = sde.reverse(score, probability_flow=True)
+        if grid.reverse.linear:
+            grid.reverse.tabulate(t64)
+            grid.flow.tabulate(t64)
         return grid
 
     def require_linear(self, what: str) -> None:
@@ -87,11 +85,9 @@ def euler_maruyama_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, generato
     ``x_{i+1} = x_i - [f(x_i, t_i) - g(t_i)^2 score(x_i, t_i)] dt + g(t_i) sqrt(dt) z``.
     """
     t, dt = grid.t[i], grid.t[i] - grid.t[i + 1]
-    if grid.linear:
-        f, g2 = grid.f[i], grid.g[i] ** 2
+    if grid.reverse.linear:
         sc = score(x, t)
-        x_next = x * (1.0 - f * dt)
-        x_next.add_(sc, alpha=g2 * dt)
+        x_next = torch.add(x, grid.reverse.drift(x, t, sc), alpha=-dt)
         return x_next.add_(randn_like(x, generator), alpha=grid.g[i] * math.sqrt(dt)), sc
     drift, diffusion = grid.reverse.sde(x, t)  # the reverse drift in forward time
     x_next = x - drift * dt
@@ -146,13 +142,8 @@ def ancestral_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, generator=Non
 def euler_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, generator=None):
     """Euler on the probability-flow ODE ``dx/dt = f - g^2 score / 2`` (deterministic, order 1)."""
     t, dt = grid.t[i], grid.t[i] - grid.t[i + 1]
-    if grid.linear:
-        f, g2 = grid.f[i], grid.g[i] ** 2
-        sc = score(x, t)
-        x_next = x * (1.0 - f * dt)
-        return x_next.add_(sc, alpha=0.5 * g2 * dt), sc
-    drift, _ = grid.flow.sde(x, t)
-    return x - drift * dt, None
+    sc = score(x, t)
+    return torch.add(x, grid.flow.drift(x, t, sc), alpha=-dt), sc
 
 
 #: name -> predictor step function.

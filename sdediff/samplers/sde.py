@@ -50,8 +50,7 @@ class _ReverseInS(torch.nn.Module):
         super().__init__()
         self.score, self.sde, self.shape = score, sde, shape
         self.sde_type = sde_type
-        self.linear = isinstance(sde, LinearSDE)
-        self.reverse = None if self.linear else sde.reverse(score)
+        self.reverse = sde.reverse(score)
         self._memo = None  # last drift evaluation: torchsde's input check repeats the first one
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
@@ -60,13 +59,7 @@ class _ReverseInS(torch.nn.Module):
             return self._memo[1]
         t = self.sde.T - s
         x = y.reshape(self.shape)
-        if self.linear:
-            t64 = t.detach().to(torch.float64)
-            f, g2 = self.sde.f(t64).to(x.dtype), self.sde.g(t64).to(x.dtype) ** 2
-            drift = f * x - g2 * self.score(x, t)  # reverse drift in forward time
-        else:
-            drift = self.reverse.sde(x, t)[0]
-        out = -drift.reshape(y.shape)  # d/ds = -d/dt
+        out = -self.reverse.drift(x, t).reshape(y.shape)  # the reverse drift, d/ds = -d/dt
         if self.sde_type == "stratonovich" and self.sde.noise_type == "diagonal":
             out = out - 0.5 * self._g_dg(s, y)  # Ito -> Stratonovich
         self._memo = (key, out)
@@ -75,7 +68,7 @@ class _ReverseInS(torch.nn.Module):
     def g(self, s: Tensor, y: Tensor) -> Tensor:
         t = self.sde.T - s
         x = y.reshape(self.shape)
-        if self.linear:
+        if self.reverse.linear:
             return self.sde.g(t.detach().to(torch.float64)).to(y.dtype).expand(y.shape)
         diffusion = self.sde.sde(x, self.sde._time(t, x).expand(x.shape[0]))[1]
         if diffusion.shape != x.shape:
