@@ -1,8 +1,9 @@
-"""Training score models: the :class:`Trainer` and its checkpoints.
+"""Training score models: the :class:`Trainer`.
 
 The trainer runs AdamW with a linear warm-up (optionally a cosine decay), gradient clipping, an
 exponential moving average (EMA) of the weights -- the EMA weights are what is validated, saved
-for sampling and returned -- a tqdm bar, a JSONL metrics log and atomic, resumable checkpoints.
+for sampling and returned -- a tqdm bar, a JSONL metrics log (``out_dir/metrics.jsonl``) and
+atomic, resumable checkpoints (their layout and readers are in :mod:`sdediff.checkpoint`).
 
 Randomness. Two CPU ``torch.Generator``\\ s, seeded from ``seed``, drive everything: one the data
 order (an epoch-wise permutation), one the per-example times ``t`` and noises ``z``. Both draw for
@@ -14,234 +15,113 @@ states (and torch's global RNG state, for dropout) are checkpointed, so a resume
 exactly as the uninterrupted one. Dropout masks are the one thing that differs between a
 one-process and a multi-process run.
 
-Checkpoints (``out_dir/checkpoints/step_XXXXXXXX/``)::
+Time budgets. ``max_seconds`` bounds the training time of the run, summed over ``train()`` calls
+and carried across ``resume()``. The cosine schedule (the default with a budget) anneals to
+whichever of ``steps`` and the budget comes first: its progress is the larger of the two
+fractions. Runs without a budget depend on the step count only and resume bit for bit.
 
-    meta.json               format, step, the net's build_net name + config, the parameterization,
-                            the SDE (type + parameters) or DDPM chain, trainer settings, counters
-    model.safetensors       the trained weights
-    ema.safetensors         the EMA weights (what load_checkpoint returns by default)
-    best_ema.safetensors    the EMA weights with the best validation loss (with val_data)
-    optimizer.safetensors   AdamW moments and step counts (param_groups are in meta.json)
-    state.safetensors       generator states, torch RNG state, the current data permutation
-
-Nothing is ever unpickled: tensors are read with safetensors, everything else from JSON. A
-checkpoint is written into a temporary directory that is renamed (``os.replace``) when complete;
-``checkpoints/latest.json`` is then replaced atomically to point at it. A crash mid-write leaves a
-stray temporary directory and the previous checkpoint still current and loadable.
+Safety. A non-finite loss, gradient norm or updated weight stops training with a
+``FloatingPointError`` naming the step; no checkpoint with non-finite weights is written. SIGINT
+and SIGTERM during ``train()`` finish the step, write a checkpoint, then reach the previous handler.
 
 Distributed: under ``torchrun --nproc_per_node=N`` (or with a process group already initialized)
 the trainer wraps the model in ``DistributedDataParallel`` (gloo on CPU, NCCL on CUDA); the global
 ``batch_size`` must be divisible by the number of processes; process 0 writes the log and the
-checkpoints.
+checkpoints, and its clock drives the time budget on every process.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import numbers
 import os
-import shutil
+import signal
+import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from .ddpm import DDPM
+from ._checks import all_finite
+from .checkpoint import (architecture_mismatch, latest_checkpoint, load_checkpoint, load_state_checked,
+                         model_to_config, optimizer_to_files, read_checkpoint_meta, read_checkpoint_state,
+                         write_checkpoint)
 from .losses import WEIGHTINGS, ddpm_loss, dsm_loss, sample_time
 from .parameterization import DiscreteScoreModel, ScoreModel
-from .sde import LinearSDE, SubVPSDE, VESDE, VPSDE
+from .sde import LinearSDE
 
-__all__ = ["Trainer", "load_checkpoint", "read_checkpoint_meta", "latest_checkpoint",
-           "sde_to_config", "sde_from_config", "model_to_config"]
+__all__ = ["Trainer", "latest_checkpoint", "load_checkpoint", "read_checkpoint_meta"]
 
-CHECKPOINT_FORMAT = 1
 _LR_SCHEDULES = ("constant", "cosine")
-_WHICH = ("ema", "model", "best")
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
 
 
-# --------------------------------------------------------------------------- configs
-def sde_to_config(sde: LinearSDE) -> dict[str, Any]:
-    """A JSON description of a built-in SDE (``type`` + parameters); other SDEs by ``repr`` only."""
-    kind = type(sde)
-    if kind in (VPSDE, SubVPSDE):
-        return {"type": kind.__name__, "beta_min": sde.beta_min, "beta_max": sde.beta_max, "T": sde.T}
-    if kind is VESDE:
-        return {"type": "VESDE", "sigma_min": sde.sigma_min, "sigma_max": sde.sigma_max, "T": sde.T}
-    return {"type": kind.__name__, "repr": repr(sde), "T": sde.T}
+# ------------------------------------------------------------------------- checks
+def _check(name: str, value: Any, low: float, high: float = math.inf, *, integer: bool = False,
+           closed: bool = False, optional: bool = False) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` lies in ``[low, high)`` (``closed``) or
+    ``(low, high)``, is an int (``integer``), or is ``None`` (``optional``)."""
+    if optional and value is None:
+        return
+    kind = numbers.Integral if integer else numbers.Real
+    if (isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value)
+            or not (low <= value if closed else low < value) or not value < high):
+        where = f"in {'[' if closed else '('}{low}, {high})" if high < math.inf else f"{'>=' if closed else '>'} {low}"
+        raise ValueError(f"{name} must be {'an int' if integer else 'a finite number'} {where}"
+                         f"{' or None' if optional else ''}, got {value!r}")
 
 
-def sde_from_config(config: dict[str, Any]) -> LinearSDE:
-    """Rebuild a built-in SDE from :func:`sde_to_config`.
-
-    Raises:
-        ValueError: the SDE is not a built-in one (pass the SDE object to the loader instead).
-    """
-    kinds = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
-    kind = kinds.get(config.get("type"))
-    if kind is None:
-        raise ValueError(f"the checkpoint's SDE {config.get('repr', config.get('type'))!r} is not one of "
-                         f"{tuple(kinds)} and cannot be rebuilt from JSON; pass sde=... to load_checkpoint")
-    return kind(**{k: v for k, v in config.items() if k != "type"})
+def _finite_parameters(module: nn.Module) -> bool:
+    """Whether every parameter of ``module`` is finite, with one reduction (the sum of L1 norms)."""
+    params = [p.detach() for p in module.parameters()]
+    return not params or all_finite(torch.stack(torch._foreach_norm(params, 1)))
 
 
-def _ddpm_config(ddpm: DDPM) -> dict[str, Any]:
-    cfg = {"num_steps": ddpm.num_steps, "schedule": ddpm.schedule}
-    if ddpm.schedule == "linear":
-        cfg.update(beta_start=ddpm.beta_start, beta_end=ddpm.beta_end)
-    return cfg
+# ---------------------------------------------------------------------- signals
+class _SignalCatcher:
+    """While active (main thread only), SIGINT/SIGTERM set ``signum`` instead of interrupting; a
+    second signal goes straight on (press Ctrl-C twice to abort at once)."""
 
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
 
-def model_to_config(model: ScoreModel) -> dict[str, Any]:
-    """Everything needed to rebuild ``model``'s architecture: net name + config, wrapper, SDE/DDPM.
+    @contextlib.contextmanager
+    def active(self) -> Iterator[_SignalCatcher]:
+        if threading.current_thread() is threading.main_thread():
+            for sig in _SIGNALS:
+                before = signal.getsignal(sig)
+                if before is not None and before != signal.SIG_IGN:  # else: not ours to handle
+                    self.previous[sig] = before
+                    signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, before in self.previous.items():
+                signal.signal(sig, before)
 
-    Raises:
-        ValueError: the net has no ``net_name``/``config`` (it cannot be rebuilt by ``build_net``).
-    """
-    net = model.net
-    name, config = getattr(net, "net_name", None), getattr(net, "config", None)
-    if name is None or not isinstance(config, dict):
-        raise ValueError(f"the network {type(net).__name__} has no net_name/config, so a checkpoint "
-                         "could not rebuild it; use a network from sdediff.nets")
-    out = {"net": {"name": name, "config": json.loads(json.dumps(config))}, "model": model.config()}
-    if isinstance(model, DiscreteScoreModel):
-        out["ddpm"] = _ddpm_config(model.ddpm)
-    else:
-        out["sde"] = sde_to_config(model.sde)
-    return out
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            signal.signal(signum, self.previous[signum])
+            self.deliver(signum)
+        self.signum = signum
 
-
-def _architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two :func:`model_to_config` results."""
-    problems = []
-    if saved["net"]["name"] != current["net"]["name"]:
-        problems.append(f"net {saved['net']['name']!r} in the checkpoint vs {current['net']['name']!r} here")
-    else:
-        a, b = saved["net"]["config"], current["net"]["config"]
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                problems.append(f"net {key}={a.get(key)!r} in the checkpoint vs {b.get(key)!r} here")
-    for part in ("model", "sde", "ddpm"):
-        if saved.get(part) != current.get(part):
-            problems.append(f"{part} {saved.get(part)} in the checkpoint vs {current.get(part)} here")
-    return problems
-
-
-# ------------------------------------------------------------------- safetensors I/O
-def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
-
-
-def _load_tensors(path: Path, device=None) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-    return load_file(str(path), device=str(device) if device is not None else "cpu")
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True))
-
-
-def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    state = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, entry in state["state"].items():
-        for key, val in entry.items():
-            if isinstance(val, Tensor):
-                tensors[f"{idx}.{key}"] = val
-            else:
-                scalars[f"{idx}.{key}"] = val
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _optimizer_from_files(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, val in list(tensors.items()) + list(meta["scalars"].items()):
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = val
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def latest_checkpoint(path: str | os.PathLike) -> Path:
-    """Resolve ``path`` (a run's ``out_dir``, its ``checkpoints/`` folder, or a checkpoint folder).
-
-    Raises:
-        FileNotFoundError: no complete checkpoint there.
-    """
-    path = Path(path)
-    if (path / "meta.json").is_file():
-        return path
-    for folder in (path, path / "checkpoints"):
-        pointer = folder / "latest.json"
-        if pointer.is_file():
-            target = folder / json.loads(pointer.read_text())["dir"]
-            if (target / "meta.json").is_file():
-                return target
-            raise FileNotFoundError(f"{pointer} points to {target}, which is not a complete checkpoint")
-    raise FileNotFoundError(f"no checkpoint at {path} (expected meta.json, latest.json or checkpoints/latest.json)")
-
-
-def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``meta.json`` of a checkpoint (see :func:`latest_checkpoint` for ``path``)."""
-    return json.loads((latest_checkpoint(path) / "meta.json").read_text())
-
-
-def load_checkpoint(path: str | os.PathLike, which: str = "ema", *, sde: LinearSDE | None = None,
-                    device=None, dtype: torch.dtype | None = None) -> ScoreModel:
-    """Rebuild a trained model from a checkpoint (never unpickles: safetensors + JSON).
-
-    Args:
-        path: a run's ``out_dir``, its ``checkpoints/`` folder, or one checkpoint folder.
-        which: ``"ema"`` (the EMA weights, default), ``"model"`` (the raw trained weights) or
-            ``"best"`` (the EMA weights with the best validation loss; falls back to ``"ema"``
-            when the run had no validation data).
-        sde: the SDE, required only when the checkpoint's SDE is not a built-in one.
-        device, dtype: where to put the model (default: CPU, the saved dtype).
-
-    Returns:
-        The :class:`ScoreModel` (or :class:`DiscreteScoreModel`), in eval mode.
-
-    Raises:
-        ValueError: unknown ``which``, a non-built-in SDE without ``sde=``, or weights that do not
-            fit the recorded architecture.
-        FileNotFoundError: no checkpoint at ``path``.
-    """
-    from .nets import build_net
-
-    if which not in _WHICH:
-        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
-    folder = latest_checkpoint(path)
-    meta = json.loads((folder / "meta.json").read_text())
-    arch = meta["architecture"]
-    net = build_net(arch["net"]["name"], **arch["net"]["config"])
-    wrapper = arch["model"]
-    if wrapper["kind"] == "discrete":
-        model: ScoreModel = DiscreteScoreModel(net, DDPM(**arch["ddpm"]), wrapper["parameterization"],
-                                                   wrapper.get("index_scale", 1.0))
-    else:
-        the_sde = sde if sde is not None else sde_from_config(arch["sde"])
-        model = ScoreModel(net, the_sde, wrapper["parameterization"], wrapper["time_input"],
-                           wrapper.get("sigma_data"))
-    name = {"ema": "ema", "model": "model", "best": "best_ema"}[which]
-    if not (folder / f"{name}.safetensors").is_file():
-        name = "ema"
-    state = _load_tensors(folder / f"{name}.safetensors")
-    _load_state_checked(model, state, f"{folder / name}.safetensors")
-    model = model.to(device=device, dtype=dtype or next(iter(state.values())).dtype)
-    return model.eval()
-
-
-def _load_state_checked(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} saved vs {tuple(own[k].shape)} here"
-              for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
-    if missing or extra or shapes:
-        raise ValueError(f"the weights in {source} do not match the architecture: "
-                         f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {shapes[:5]}")
-    model.load_state_dict(state)
+    def deliver(self, signum: int | None = None) -> None:
+        """Pass the caught signal on to the previous handler (SIG_DFL: KeyboardInterrupt / end the process)."""
+        signum = self.signum if signum is None else signum
+        handler = self.previous.get(signum, signal.SIG_DFL)
+        if callable(handler):
+            handler(signum, None)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 # ---------------------------------------------------------------------- distributed
@@ -267,47 +147,51 @@ class Trainer:
         model: a :class:`ScoreModel` (DSM loss) or :class:`DiscreteScoreModel` (DDPM loss).
         sde: the SDE of the DSM loss; defaults to ``model.sde``.
         data: training data ``(N, *dims)``; moved to the model's device and dtype.
-        lr: peak learning rate of AdamW.
+        lr: peak learning rate of AdamW (finite, > 0).
         batch_size: the global batch size (split across processes).
         steps: total optimizer steps.
-        warmup: linear warm-up steps of the learning rate.
-        lr_schedule: ``"constant"`` after warm-up, or ``"cosine"`` decay to 0 at ``steps``.
-        weight_decay: AdamW's decoupled weight decay.
-        grad_clip: clip the global gradient norm to this (``None``: no clipping).
-        ema_decay: EMA decay; the effective decay is ``min(ema_decay, (1 + k) / (10 + k))`` at step
-            ``k`` so early averages are not dominated by the initialization.
+        warmup: linear warm-up steps of the learning rate (int >= 0).
+        lr_schedule: ``"constant"`` after warm-up, or ``"cosine"`` decay to 0 at ``steps`` or at the
+            time budget, whichever comes first. Default: ``"cosine"`` with ``max_seconds``, else
+            ``"constant"``.
+        weight_decay: AdamW's decoupled weight decay (finite, >= 0).
+        grad_clip: clip the global gradient norm to this (finite, > 0; ``None``: no clipping).
+        ema_decay: EMA decay in ``[0, 1)``; the effective decay is ``min(ema_decay, (1 + k) / (10 + k))``
+            at step ``k`` so early averages are not dominated by the initialization.
         weighting: DSM weighting, one of :data:`sdediff.losses.WEIGHTINGS`.
         importance_sampling: draw ``t ∝ g^2/s^2`` (with ``weighting="likelihood"``).
-        eps: the smallest training time.
+        eps: the smallest training time, in ``(0, T)``.
         out_dir: where the metrics log and checkpoints go (``None``: nothing is written).
         checkpoint_every: steps between checkpoints (a checkpoint is also written at the end).
         keep_checkpoints: how many checkpoints to keep.
         log_every: steps between metrics records (loss averaged over the window).
         seed: seeds the data-order and noise generators.
         val_data: validation data ``(M, *dims)`` (never the test split) for early stopping.
-        val_every: steps between validations (default ``log_every``).
+        val_every: steps between validations (int >= 1; default ``log_every``).
         val_weighting: weighting of the validation loss (default ``weighting``); it uses fixed
             times and noises, so successive values are comparable.
-        early_stopping: stop after this many validations without improvement (``None``: never).
-        max_time: stop after this many seconds of training (``None``: no limit).
+        early_stopping: stop after this many validations without improvement (int >= 1; ``None``: never).
+        max_seconds: the run's training-time budget in seconds, summed over ``train()`` calls and
+            kept across ``resume()`` (finite, > 0; ``None``: no limit). The cosine schedule anneals to it.
+        max_time: deprecated alias of ``max_seconds`` (that keeps the ``"constant"`` default schedule).
         progress: show a tqdm bar (process 0 only).
         device: where to train (default: the model's device).
 
     Raises:
-        ValueError: data of the wrong shape for the network (found by a forward pass on one
-            example), an unknown weighting or schedule, or a batch size that the data or the
-            number of processes cannot provide.
+        ValueError: a hyper-parameter out of its range (named), data of the wrong shape for the
+            network (found by a forward pass on one example), an unknown weighting or schedule, or a
+            batch size that the data or the number of processes cannot provide.
     """
 
     def __init__(self, model: ScoreModel, sde: LinearSDE | None = None, data: Tensor | None = None, *,
                  lr: float = 1e-3, batch_size: int = 256, steps: int = 10_000, warmup: int = 100,
-                 lr_schedule: str = "constant", weight_decay: float = 0.0, grad_clip: float | None = 1.0,
+                 lr_schedule: str | None = None, weight_decay: float = 0.0, grad_clip: float | None = 1.0,
                  ema_decay: float = 0.999, weighting: str = "score", importance_sampling: bool = False,
                  eps: float = 1e-5, out_dir: str | os.PathLike | None = None, checkpoint_every: int = 1000,
                  keep_checkpoints: int = 2, log_every: int = 100, seed: int = 0,
                  val_data: Tensor | None = None, val_every: int | None = None, val_weighting: str | None = None,
-                 early_stopping: int | None = None, max_time: float | None = None, progress: bool = True,
-                 device=None):
+                 early_stopping: int | None = None, max_seconds: float | None = None,
+                 max_time: float | None = None, progress: bool = True, device=None):
         if not isinstance(model, ScoreModel):
             raise TypeError(f"model must be a ScoreModel or DiscreteScoreModel, got {type(model).__name__}")
         self.discrete = isinstance(model, DiscreteScoreModel)
@@ -319,14 +203,28 @@ class Trainer:
         val_weighting = weighting if val_weighting is None else val_weighting
         if val_weighting not in WEIGHTINGS:
             raise ValueError(f"val_weighting must be one of {WEIGHTINGS}, got {val_weighting!r}")
+        if lr_schedule is None:  # the deprecated max_time keeps its old default, "constant"
+            lr_schedule = "cosine" if max_seconds is not None else "constant"
+        if max_time is not None:
+            warnings.warn("Trainer(max_time=...) is deprecated; use max_seconds=...", DeprecationWarning, 2)
+            if max_seconds is not None:
+                raise ValueError("pass max_seconds or its deprecated alias max_time, not both")
+            max_seconds = max_time
         if lr_schedule not in _LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {_LR_SCHEDULES}, got {lr_schedule!r}")
         for name, val in (("batch_size", batch_size), ("steps", steps), ("checkpoint_every", checkpoint_every),
                           ("log_every", log_every), ("keep_checkpoints", keep_checkpoints)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        if not 0 <= ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay!r}")
+            _check(name, val, 1, integer=True, closed=True)
+        for name, val in (("val_every", val_every), ("early_stopping", early_stopping)):
+            _check(name, val, 1, integer=True, closed=True, optional=True)
+        _check("warmup", warmup, 0, integer=True, closed=True)
+        _check("seed", seed, -math.inf, integer=True)
+        _check("lr", lr, 0.0)
+        _check("grad_clip", grad_clip, 0.0, optional=True)
+        _check("max_seconds", max_seconds, 0.0, optional=True)
+        _check("weight_decay", weight_decay, 0.0, closed=True)
+        _check("ema_decay", ema_decay, 0.0, 1.0, closed=True)
+        _check("eps", eps, 0.0, float(self.sde.T) if self.sde is not None else 1.0)
         if importance_sampling and weighting != "likelihood":
             raise ValueError("importance_sampling=True needs weighting='likelihood'")
 
@@ -351,15 +249,18 @@ class Trainer:
 
         self.lr, self.batch_size, self.steps, self.warmup = float(lr), batch_size, steps, int(warmup)
         self.lr_schedule, self.grad_clip, self.ema_decay = lr_schedule, grad_clip, float(ema_decay)
+        self.weight_decay = float(weight_decay)
         self.weighting, self.importance_sampling, self.eps = weighting, bool(importance_sampling), float(eps)
         self.val_weighting = val_weighting
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.checkpoint_every, self.keep_checkpoints, self.log_every = checkpoint_every, keep_checkpoints, log_every
         self.val_every = val_every or log_every
-        self.early_stopping, self.max_time, self.progress, self.seed = early_stopping, max_time, progress, seed
+        self.early_stopping, self.progress, self.seed = early_stopping, progress, seed
+        self.max_seconds = None if max_seconds is None else float(max_seconds)
+        self.elapsed = 0.0  # seconds spent in train() so far (restored by resume)
 
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=weight_decay,
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay,
                                            foreach=True)
         self.train_module: nn.Module = self.model
         if self.distributed:
@@ -380,6 +281,21 @@ class Trainer:
         self.best_ema_state: dict[str, Tensor] | None = None
         self.stopped_early = False
         self._val_draws = self._validation_draws() if self.val_data is not None else None
+
+    @property
+    def max_time(self) -> float | None:
+        """Deprecated: the seconds left of the budget (``max_seconds - elapsed``)."""
+        warnings.warn("Trainer.max_time is deprecated; use max_seconds (the run's budget)", DeprecationWarning,
+                      stacklevel=2)
+        return None if self.max_seconds is None else self.max_seconds - self.elapsed
+
+    @max_time.setter
+    def max_time(self, seconds: float | None) -> None:
+        """Deprecated: train at most ``seconds`` more (sets ``max_seconds = elapsed + seconds``)."""
+        warnings.warn("Trainer.max_time is deprecated; set max_seconds (the run's budget, summed over train() "
+                      "calls) instead", DeprecationWarning, stacklevel=2)
+        _check("max_time", seconds, 0.0, optional=True)
+        self.max_seconds = None if seconds is None else self.elapsed + float(seconds)
 
     # ------------------------------------------------------------------- checks
     def _check_data(self, name: str, data: Tensor | None) -> Tensor:
@@ -406,11 +322,15 @@ class Trainer:
         return data
 
     # ----------------------------------------------------------------- schedule
-    def learning_rate(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant/cosine."""
+    def learning_rate(self, step: int, elapsed: float | None = None) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) ``elapsed`` seconds into the run
+        (default: :attr:`elapsed`): linear warm-up, then constant, or cosine decay to 0 at ``steps``
+        or at ``max_seconds``, whichever comes first."""
         lr = self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup > 0 else self.lr
         if self.lr_schedule == "cosine" and step >= self.warmup:
             progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+            if self.max_seconds is not None:
+                progress = max(progress, (self.elapsed if elapsed is None else elapsed) / self.max_seconds)
             lr = self.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return lr
 
@@ -469,58 +389,77 @@ class Trainer:
 
     # -------------------------------------------------------------- train loop
     def train(self, until: int | None = None) -> list[dict[str, Any]]:
-        """Run optimizer steps up to ``until`` (default ``steps``); returns the metrics records.
+        """Run optimizer steps up to ``until`` (default ``steps``) or the time budget; returns the metrics
+        records of the run (unchanged when no step is left to do).
+
+        SIGINT / SIGTERM (main thread): the current step finishes, a checkpoint is written (with
+        ``out_dir``), then the signal goes to the previous handler (SIGINT: ``KeyboardInterrupt``).
 
         Raises:
-            FloatingPointError: the loss or the gradient norm is NaN/inf (the message names the step);
-                no weights are updated and no checkpoint is written for that step.
+            FloatingPointError: the loss, the gradient norm or the updated weights are NaN/inf (the
+                message names the step); no checkpoint is written for that step, the last one stays current.
         """
         from tqdm.auto import tqdm
 
         until = self.steps if until is None else min(int(until), self.steps)
+        if self.step >= until or self.stopped_early or self._out_of_time():
+            return self.history
         bar = tqdm(total=self.steps, initial=self.step, disable=not self.progress or self.rank != 0,
                    desc="train", dynamic_ncols=True)
-        start = time.perf_counter()
+        start, elapsed0 = time.perf_counter(), self.elapsed
         window: list[float] = []
+        catcher = _SignalCatcher()
         self.model.train()
-        while self.step < until and not self.stopped_early:
-            loss_value, grad_norm = self._train_step()
-            window.append(loss_value)
-            self.step += 1
-            bar.update(1)
-            if self.step % 10 == 0:
-                bar.set_postfix(loss=f"{loss_value:.4g}")
-            record: dict[str, Any] | None = None
-            if self.step % self.log_every == 0 or self.step == until:
-                record = {"step": self.step, "loss": sum(window) / len(window), "lr": self.learning_rate(self.step - 1),
-                          "grad_norm": grad_norm, "time": time.perf_counter() - start}
-                window = []
-            if self.val_data is not None and (self.step % self.val_every == 0 or self.step == until):
-                record = record or {"step": self.step, "time": time.perf_counter() - start}
-                record["val_loss"] = self._validate()
-            if record is not None:
-                self.history.append(record)
-                self._log(record)
-            timed_out = self.max_time is not None and self._agree(time.perf_counter() - start > self.max_time)
-            if self.out_dir is not None and (self.step % self.checkpoint_every == 0 or self.step == until
-                                             or self.stopped_early or timed_out):
-                self.save_checkpoint()
-            if timed_out:
-                break
-        bar.close()
-        self.model.eval()
+        try:
+            with catcher.active():
+                while self.step < until and not self.stopped_early:
+                    loss_value, grad_norm, lr, interrupted = self._train_step(catcher.signum is not None)
+                    window.append(loss_value)
+                    self.step += 1
+                    self.elapsed = self._shared_elapsed(elapsed0 + time.perf_counter() - start)
+                    bar.update(1)
+                    if self.step % 10 == 0:
+                        bar.set_postfix(loss=f"{loss_value:.4g}")
+                    record: dict[str, Any] | None = None
+                    if self.step % self.log_every == 0 or self.step == until:
+                        record = {"step": self.step, "loss": sum(window) / len(window), "lr": lr,
+                                  "grad_norm": grad_norm, "time": self.elapsed}
+                        window = []
+                    if self.val_data is not None and (self.step % self.val_every == 0 or self.step == until):
+                        record = record or {"step": self.step, "time": self.elapsed}
+                        record["val_loss"] = self._validate()
+                    if record is not None:
+                        self.history.append(record)
+                        self._log(record)
+                    interrupted = interrupted or (not self.distributed and catcher.signum is not None)
+                    stop = self._out_of_time() or interrupted
+                    if self.out_dir is not None and (self.step % self.checkpoint_every == 0 or self.step == until
+                                                     or self.stopped_early or stop):
+                        self.save_checkpoint()
+                    if stop:
+                        break
+        finally:
+            bar.close()
+            self.model.eval()
+        if catcher.signum is not None:
+            catcher.deliver()
         return self.history
 
-    def _agree(self, flag: bool) -> bool:
-        """``flag`` on any process (so that all processes stop together)."""
-        if not self.distributed:
-            return flag
-        import torch.distributed as dist
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+    def _out_of_time(self) -> bool:
+        return self.max_seconds is not None and self.elapsed >= self.max_seconds
 
-    def _train_step(self) -> tuple[float, float]:
+    def _shared_elapsed(self, elapsed: float) -> float:
+        """Process 0's ``elapsed`` on every process (the lr and the stop must agree), when there is a budget."""
+        if not self.distributed or self.max_seconds is None:
+            return elapsed
+        import torch.distributed as dist
+        t = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return float(t.item())
+
+    def _train_step(self, stop_requested: bool) -> tuple[float, float, float, bool]:
+        """One optimizer step; returns the (global) loss, the gradient norm, the lr and whether any
+        process asked to stop (a signal; agreed in the loss's all-reduce)."""
         idx = self._next_indices()
         when, noise = self._draw(self.batch_size, tuple(self.data.shape[1:]), self.noise_generator)
         local = slice(self.rank * self.batch_size // self.world_size,
@@ -535,8 +474,10 @@ class Trainer:
         loss_value = loss.detach().clone()
         if self.distributed:
             import torch.distributed as dist
-            dist.all_reduce(loss_value)
-            loss_value /= self.world_size
+            packed = torch.stack([loss_value, torch.tensor(float(stop_requested), dtype=loss_value.dtype,
+                                                           device=loss_value.device)])
+            dist.all_reduce(packed)
+            loss_value, stop_requested = packed[0] / self.world_size, bool(packed[1] > 0)
         loss_value = float(loss_value)
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"the training loss is {loss_value} at step {self.step + 1}; training "
@@ -548,9 +489,14 @@ class Trainer:
             raise FloatingPointError(f"the gradient norm is {grad_norm} at step {self.step + 1}; training "
                                      "stopped before updating the weights (the last checkpoint is intact)")
         self.optimizer.step()
+        if not _finite_parameters(self.model):  # the same on every process: the update is the same
+            raise FloatingPointError(
+                f"the weights became NaN/inf in the update of step {self.step + 1} (lr={lr:.3g}); the EMA "
+                "weights are intact and no checkpoint was written for it: resume() from the last checkpoint "
+                "with a smaller lr")
         self._update_ema()
         self.losses.append(loss_value)
-        return loss_value, grad_norm
+        return loss_value, grad_norm, lr, stop_requested
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -597,121 +543,122 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def _meta(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT, "step": self.step, "architecture": self.architecture,
-            "dtype": str(self.dtype).replace("torch.", ""),
+            "step": self.step, "architecture": self.architecture, "dtype": str(self.dtype).replace("torch.", ""),
             "trainer": {"lr": self.lr, "batch_size": self.batch_size, "steps": self.steps, "warmup": self.warmup,
                         "lr_schedule": self.lr_schedule, "grad_clip": self.grad_clip, "ema_decay": self.ema_decay,
-                        "weighting": self.weighting, "importance_sampling": self.importance_sampling,
-                        "eps": self.eps, "seed": self.seed, "world_size": self.world_size},
-            "position": self.position, "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                        "weight_decay": self.weight_decay, "weighting": self.weighting,
+                        "importance_sampling": self.importance_sampling, "eps": self.eps, "seed": self.seed,
+                        "world_size": self.world_size, "max_seconds": self.max_seconds},
+            "position": self.position, "elapsed": self.elapsed,
+            "best_val": self.best_val if math.isfinite(self.best_val) else None,
             "best_step": self.best_step, "bad_validations": self.bad_validations,
             "stopped_early": self.stopped_early,
         }
 
     def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the current step atomically (process 0 only); returns its folder."""
+        """Write a checkpoint of the current step atomically (process 0 only); returns its folder.
+
+        Raises:
+            FloatingPointError: the weights hold NaN/inf (nothing is written).
+            OSError: a file could not be written (the previous checkpoint stays current).
+        """
         if self.out_dir is None:
             raise ValueError("save_checkpoint needs out_dir")
         folder = None
         if self.rank == 0:
             if self.architecture is None:
                 raise ValueError("the network has no net_name/config; use a network from sdediff.nets")
-            folder = self._write_checkpoint()
-        if self.distributed:
-            import torch.distributed as dist
-            dist.barrier()
-        return folder
-
-    def _write_checkpoint(self) -> Path:
-        root = self.out_dir / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-*"):  # left by an interrupted write
-            shutil.rmtree(stale, ignore_errors=True)
-        name = f"step_{self.step:08d}"
-        tmp = root / f".tmp-{name}-{os.getpid()}"
-        tmp.mkdir()
-        try:
+            for name, module in (("model", self.model), ("EMA", self.ema)):
+                if not _finite_parameters(module):
+                    raise FloatingPointError(f"the {name} weights hold NaN/inf at step {self.step}; "
+                                             "no checkpoint is written")
             meta = self._meta()
-            opt_tensors, opt_meta = _optimizer_to_files(self.optimizer)
-            meta["optimizer"] = opt_meta
-            _save_tensors(self.model.state_dict(), tmp / "model.safetensors")
-            _save_tensors(self.ema.state_dict(), tmp / "ema.safetensors")
-            if self.best_ema_state is not None:
-                _save_tensors(self.best_ema_state, tmp / "best_ema.safetensors")
-            _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+            opt_tensors, meta["optimizer"] = optimizer_to_files(self.optimizer.state_dict())
             rng = {"data_generator": self.data_generator.get_state(),
                    "noise_generator": self.noise_generator.get_state(),
                    "torch_rng": torch.get_rng_state(), "permutation": self.permutation}
             if self.device.type == "cuda":
                 rng["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-            _save_tensors(rng, tmp / "state.safetensors")
-            _write_json(meta, tmp / "meta.json")  # written last: its presence marks a complete folder
-            final = root / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        pointer_tmp = root / f".latest-{os.getpid()}.json"
-        _write_json({"dir": name, "step": self.step}, pointer_tmp)
-        os.replace(pointer_tmp, root / "latest.json")
-        kept = sorted(p for p in root.glob("step_*") if p.is_dir())
-        for old in kept[:-self.keep_checkpoints]:
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
+            tensors = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                       "optimizer": opt_tensors, "state": rng}
+            if self.best_ema_state is not None:
+                tensors["best_ema"] = self.best_ema_state
+            folder = write_checkpoint(self.out_dir / "checkpoints", self.step, meta, tensors, self.keep_checkpoints)
+        if self.distributed:
+            import torch.distributed as dist
+            dist.barrier()
+        return folder
 
     def resume(self, path: str | os.PathLike | None = None) -> int:
         """Load the state of a checkpoint (default: the latest in ``out_dir``) to continue training.
+
+        The metrics records up to the checkpoint's step are read back from ``out_dir/metrics.jsonl``
+        into :attr:`history` (a torn last line, from a run killed mid-write, is dropped with a warning).
 
         Returns:
             The step the checkpoint was written at.
 
         Raises:
             ValueError: the checkpoint was written for another architecture (the message lists every
-                difference) or with another global batch size.
-            FileNotFoundError: no checkpoint there.
+                difference), with another global batch size or data set size, or a file is damaged (named).
+            OSError: a file cannot be read (``FileNotFoundError``: no checkpoint there).
         """
         path = path if path is not None else self.out_dir
         if path is None:
             raise ValueError("resume needs a path or out_dir")
-        folder = latest_checkpoint(path)
-        meta = json.loads((folder / "meta.json").read_text())
-        problems = _architecture_mismatch(meta["architecture"], self.architecture)
+        ckpt = read_checkpoint_state(path, self.device, num_examples=self.data.shape[0])
+        folder, meta = ckpt.folder, ckpt.meta
+        problems = architecture_mismatch(meta["architecture"], self.architecture)
         if problems:
             raise ValueError(f"checkpoint {folder} was written for another architecture: " + "; ".join(problems))
         if meta["trainer"]["batch_size"] != self.batch_size:
             raise ValueError(f"checkpoint {folder} was trained with batch_size={meta['trainer']['batch_size']}, "
                              f"this trainer has {self.batch_size}; resuming would change the data order")
-        _load_state_checked(self.model, _load_tensors(folder / "model.safetensors", self.device), str(folder))
-        _load_state_checked(self.ema, _load_tensors(folder / "ema.safetensors", self.device), str(folder))
-        if (folder / "best_ema.safetensors").is_file():
-            self.best_ema_state = _load_tensors(folder / "best_ema.safetensors", self.device)
-        opt_state = _optimizer_from_files(_load_tensors(folder / "optimizer.safetensors", self.device),
-                                          meta["optimizer"])
-        self.optimizer.load_state_dict(opt_state)
-        rng = _load_tensors(folder / "state.safetensors")
-        self.data_generator.set_state(rng["data_generator"])
-        self.noise_generator.set_state(rng["noise_generator"])
-        torch.set_rng_state(rng["torch_rng"])
-        if "cuda_rng" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda_rng"], self.device)
-        self.permutation = rng["permutation"]
+        load_state_checked(self.model, ckpt.model, str(folder / "model.safetensors"))
+        load_state_checked(self.ema, ckpt.ema, str(folder / "ema.safetensors"))
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer)
+            self.data_generator.set_state(ckpt.rng["data_generator"])
+            self.noise_generator.set_state(ckpt.rng["noise_generator"])
+            torch.set_rng_state(ckpt.rng["torch_rng"])
+            if "cuda_rng" in ckpt.rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ckpt.rng["cuda_rng"], self.device)
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(f"checkpoint {folder}: the optimizer or generator state does not fit "
+                             f"(optimizer.safetensors / state.safetensors): {err}") from err
+        if ckpt.best_ema is not None and set(ckpt.best_ema) != set(self.ema.state_dict()):
+            raise ValueError(f"the weights in {folder / 'best_ema.safetensors'} do not match the architecture")
+        self.best_ema_state = ckpt.best_ema
+        self.permutation = ckpt.rng["permutation"]
         self.position = meta["position"]
         self.step = meta["step"]
+        self.elapsed = float(meta.get("elapsed") or 0.0)
         self.best_val = meta["best_val"] if meta["best_val"] is not None else math.inf
         self.best_step, self.bad_validations = meta["best_step"], meta["bad_validations"]
         self.stopped_early = meta["stopped_early"]
-        self._truncate_log()
+        self.history = self._truncate_log()
         return self.step
 
-    def _truncate_log(self) -> None:
-        """Drop metrics records written after the resumed step (by the interrupted run)."""
-        if self.out_dir is None or self.rank != 0 or not (self.out_dir / "metrics.jsonl").is_file():
-            return
-        path = self.out_dir / "metrics.jsonl"
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+    def _truncate_log(self) -> list[dict[str, Any]]:
+        """Drop metrics records written after the resumed step (by the interrupted run), and a torn last
+        line; returns the records kept."""
+        path = None if self.out_dir is None else self.out_dir / "metrics.jsonl"
+        if path is None or self.rank != 0 or not path.is_file():
+            return []
+        lines = [ln for ln in path.read_text(errors="replace").split("\n") if ln.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("not a metrics record")
+            except ValueError:
+                where = "a partially written last line" if i == len(lines) - 1 else f"an unreadable line {i + 1}"
+                warnings.warn(f"{path}: dropping {where} ({line[:60]!r}) on resume", stacklevel=3)
+                continue
+            if record["step"] <= self.step:
+                records.append(record)
         tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in lines))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         os.replace(tmp, path)
+        return records

@@ -4,16 +4,18 @@ import copy
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import sdediff as sd
-import sdediff.training as training
+import sdediff.checkpoint as checkpoint
 from sdediff.datasets import toy_data
 from sdediff.nets import build_net
 from sdediff.parameterization import DiscreteScoreModel, ScoreModel
@@ -86,7 +88,7 @@ def test_interrupted_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     tr.train(until=10)
     before = load_checkpoint(tmp_path)
     calls = {"n": 0}
-    real = training._save_tensors
+    real = checkpoint._save_tensors
 
     def failing(tensors, path):
         calls["n"] += 1
@@ -94,13 +96,13 @@ def test_interrupted_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
             raise OSError("disk full (simulated)")
         real(tensors, path)
 
-    monkeypatch.setattr(training, "_save_tensors", failing)
+    monkeypatch.setattr(checkpoint, "_save_tensors", failing)
     with pytest.raises(OSError, match="simulated"):
         tr.train()
     assert latest_checkpoint(tmp_path).name == "step_00000010"
     after = load_checkpoint(tmp_path)
     assert _max_diff(before, after) == 0.0
-    monkeypatch.setattr(training, "_save_tensors", real)
+    monkeypatch.setattr(checkpoint, "_save_tensors", real)
     again = _trainer(tmp_path, steps=20)
     assert again.resume() == 10
 
@@ -225,3 +227,173 @@ def test_ring_benchmark_smoke():
     assert res["steps"] >= 10 and math.isfinite(res["nll"])
     # KL(p || model) >= 0: the paired gap may only be negative by Monte-Carlo error.
     assert res["kl_gap"] > -4 * res["kl_gap_se"], res
+
+
+# ------------------------------------------------------------------ hardening
+@pytest.mark.parametrize("name, value", [
+    ("lr", 0.0), ("lr", -1e-3), ("lr", float("inf")), ("lr", float("nan")), ("lr", "1e-3"),
+    ("grad_clip", 0.0), ("grad_clip", float("inf")), ("grad_clip", -1.0),
+    ("max_seconds", 0.0), ("max_seconds", float("inf")), ("max_seconds", -5.0),
+    ("warmup", -1), ("warmup", 2.5), ("warmup", True),
+    ("weight_decay", -0.1), ("weight_decay", float("nan")),
+    ("eps", 0.0), ("eps", 1.0), ("eps", -1e-5), ("eps", 2.0),
+    ("early_stopping", 0), ("early_stopping", 1.5), ("val_every", 0), ("val_every", -3),
+    ("ema_decay", 1.0), ("ema_decay", -0.1), ("ema_decay", float("nan")),
+    ("steps", 0), ("batch_size", 2.0), ("log_every", 0),
+])
+def test_hyperparameters_are_range_checked_by_name(name, value):
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        _trainer(None, **{name: value})
+
+
+def test_hyperparameter_edges_are_accepted():
+    _trainer(None, warmup=0, weight_decay=0.0, grad_clip=None, ema_decay=0.0, early_stopping=1, val_every=1,
+             max_seconds=1e-3, eps=0.5)
+
+
+def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+    full = _trainer(tmp_path / "full", steps=20)
+    full.train()
+    _trainer(tmp_path / "part", steps=20).train(until=10)
+    with open(tmp_path / "part" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 11, "loss": 0.9')  # the process died mid-line
+    resumed = _trainer(tmp_path / "part", steps=20)
+    with pytest.warns(UserWarning, match="dropping a partially written last line"):
+        assert resumed.resume() == 10
+    resumed.train()
+    records = [json.loads(ln) for ln in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    assert _max_diff(resumed.model, full.model) == 0.0
+
+
+def test_non_finite_update_raises_and_writes_no_checkpoint(tmp_path):
+    tr = _trainer(tmp_path, steps=20, checkpoint_every=5)
+    tr.train(until=9)
+    ema_before = copy.deepcopy(tr.ema.state_dict())
+    tr.learning_rate = lambda step, elapsed=None: float("inf")  # finite loss and gradients, inf update
+    with pytest.raises(FloatingPointError, match="NaN/inf in the update of step 10"):
+        tr.train()
+    assert tr.step == 9
+    assert latest_checkpoint(tmp_path).name == "step_00000009"  # the end of the first train() call
+    assert not (tmp_path / "checkpoints" / "step_00000010").exists()
+    assert all(torch.equal(v, ema_before[k]) for k, v in tr.ema.state_dict().items())  # EMA untouched
+    with pytest.raises(FloatingPointError, match="no checkpoint is written"):
+        tr.save_checkpoint()
+    assert latest_checkpoint(tmp_path).name == "step_00000009"
+    assert all(bool(torch.isfinite(p).all()) for p in load_checkpoint(tmp_path, which="model").parameters())
+
+
+def _signal_after(tr, steps, signum):
+    real = tr._train_step
+
+    def step(stop_requested):
+        out = real(stop_requested)
+        if tr.step + 1 == steps:  # tr.step is incremented after the step returns
+            os.kill(os.getpid(), signum)
+        return out
+
+    tr._train_step = step
+
+
+def test_sigint_finishes_the_step_saves_and_reraises(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    tr = _trainer(tmp_path, steps=20, checkpoint_every=100)
+    _signal_after(tr, 3, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert tr.step == 3
+    assert read_checkpoint_meta(tmp_path)["step"] == 3
+    assert _max_diff(load_checkpoint(tmp_path), tr.ema) == 0.0
+    again = _trainer(tmp_path, steps=20, checkpoint_every=100)
+    assert again.resume() == 3
+
+
+def test_sigterm_saves_and_goes_to_the_previous_handler(tmp_path):
+    class Terminated(Exception):
+        pass
+
+    def previous(signum, frame):
+        raise Terminated(signum)
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        tr = _trainer(tmp_path, steps=20, checkpoint_every=100)
+        _signal_after(tr, 4, signal.SIGTERM)
+        with pytest.raises(Terminated):
+            tr.train()
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert tr.step == 4 and read_checkpoint_meta(tmp_path)["step"] == 4
+
+
+def test_sigterm_ends_the_process_after_a_checkpoint(tmp_path):
+    script = f"""
+import os, signal, sys, threading, time
+sys.path.insert(0, {str(HERE)!r})
+import torch
+from test_training import _trainer
+tr = _trainer({str(tmp_path)!r}, steps=10 ** 6, checkpoint_every=10 ** 6)
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+tr.train()
+print("not reached")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=HERE.parent)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr[-2000:]
+    assert "not reached" not in proc.stdout
+    meta = read_checkpoint_meta(tmp_path)
+    assert meta["step"] > 0
+    assert _trainer(tmp_path, steps=10 ** 6).resume() == meta["step"]
+
+
+def test_train_after_resuming_a_finished_run_reports_its_last_record(tmp_path):
+    tr = _trainer(tmp_path, steps=10)
+    tr.train()
+    resumed = _trainer(tmp_path, steps=10)
+    assert resumed.resume() == 10
+    history = resumed.train()
+    assert history == tr.history and history[-1]["step"] == 10
+    assert all(math.isfinite(v) for r in history for v in r.values())
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [5, 10]
+
+
+# ------------------------------------------------------------------ time budgets
+def test_time_budget_anneals_the_cosine_schedule_to_zero(tmp_path, monkeypatch):
+    tr = _trainer(tmp_path, steps=10 ** 6, warmup=2, max_seconds=20.0, log_every=1, checkpoint_every=10 ** 6)
+    assert tr.lr_schedule == "cosine"  # the default with a time budget
+    monkeypatch.setattr(time, "perf_counter", lambda: float(tr.step))  # one fake second per step
+    tr.train(until=8)
+    assert tr.step == 8 and tr.elapsed == 8.0
+    again = _trainer(tmp_path, steps=10 ** 6, warmup=2, max_seconds=20.0, log_every=1, checkpoint_every=10 ** 6)
+    assert again.resume() == 8 and again.elapsed == 8.0  # the budget carries over
+    monkeypatch.setattr(time, "perf_counter", lambda: float(again.step))
+    again.train()
+    assert again.step == 20  # stopped by the budget, long before `steps`
+    lrs = [r["lr"] for r in again.history]
+    assert lrs[1] == pytest.approx(again.lr)  # after the warm-up
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))  # decreasing
+    assert lrs[-1] < 0.01 * again.lr  # ~0 at the budget (0.5 * (1 + cos(0.95 pi)) = 0.006)
+    assert lrs[-1] == pytest.approx(again.lr * 0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    assert again.train() == again.history  # the budget is spent: nothing more
+    assert read_checkpoint_meta(tmp_path)["step"] == 20
+
+
+def test_a_constant_schedule_can_still_be_asked_for_with_a_budget():
+    tr = _trainer(None, max_seconds=5.0, lr_schedule="constant", warmup=0)
+    tr.elapsed = 4.9
+    assert tr.learning_rate(100) == tr.lr
+
+
+def test_max_time_is_a_deprecated_alias():
+    with pytest.warns(DeprecationWarning, match="max_seconds"):
+        tr = _trainer(None, max_time=7.0)
+    assert tr.max_seconds == 7.0 and tr.lr_schedule == "constant"  # its old default schedule
+    tr.elapsed = 3.0
+    with pytest.warns(DeprecationWarning):
+        tr.max_time = 5.0  # the old meaning: at most 5 more seconds
+    assert tr.max_seconds == 8.0
+    with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
+        _trainer(None, max_time=7.0, max_seconds=7.0)
