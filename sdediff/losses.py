@@ -28,6 +28,11 @@ same mean (``tests/test_losses.py``).
 Safeguards at small ``t``: the floor ``eps`` (default ``1e-5``) bounds ``Z`` (it grows like
 ``log(1/eps)``) and the uniform-``t`` weight (``<= w(eps)``); for uniform ``t`` with the likelihood
 weighting ``max_weight`` clips ``w(t)`` (a biased but bounded loss). Prefer ``importance_sampling=True``.
+
+Labels (classifier-free guidance, Ho & Salimans 2022). Given labels ``y`` the model is trained on
+``score_theta(x_t, t, y')`` where ``y'`` is ``y`` with each entry replaced by the null class
+(``num_classes``) with probability ``p_uncond`` (:func:`drop_labels`): one network learns the
+conditional score ``grad log p_t(x | y)`` and the unconditional one ``grad log p_t(x)``.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from .ddpm import DDPM
 from .sde import LinearSDE, broadcast_like
 
 __all__ = ["WEIGHTINGS", "REDUCTIONS", "dsm_loss", "ddpm_loss", "explicit_score_matching_loss",
-           "sample_time", "loss_weight", "likelihood_normalizer"]
+           "sample_time", "loss_weight", "likelihood_normalizer", "drop_labels"]
 
 #: Weightings accepted by :func:`dsm_loss`.
 WEIGHTINGS: tuple[str, ...] = ("score", "likelihood", "none")
@@ -130,6 +135,78 @@ def loss_weight(sde: LinearSDE, t: Tensor, weighting: str, *, eps: float = 1e-5,
     return w
 
 
+def _null_label_of(model, num_classes: int | None) -> int | None:
+    """The null class of ``model``: ``num_classes`` if given, else ``model.null_label`` (through a DDP ``.module``)."""
+    if num_classes is not None:
+        return num_classes
+    for obj in (model, getattr(model, "module", None)):
+        label = getattr(obj, "null_label", None) if obj is not None else None
+        if label is not None:
+            return int(label)
+    return None
+
+
+def drop_labels(y: Tensor, null_label: int, p_uncond: float,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Replace each label by ``null_label`` with probability ``p_uncond`` (classifier-free guidance training).
+
+    One uniform number is drawn per example from ``generator`` (on its device) when
+    ``0 < p_uncond < 1``; ``p_uncond = 0`` returns ``y`` and ``p_uncond = 1`` only the null class,
+    without drawing.
+
+    Args:
+        y: ``(B,)`` integer labels.
+        null_label: the null class index (the net's ``num_classes``).
+        p_uncond: drop probability in ``[0, 1]``.
+        generator: source of the draws.
+
+    Returns:
+        ``(B,)`` labels on ``y``'s device.
+
+    Raises:
+        ValueError: ``p_uncond`` outside ``[0, 1]`` or ``y`` not of shape ``(B,)``.
+        TypeError: ``y`` not an integer tensor.
+    """
+    _check_label_tensor(y, y.shape[0] if isinstance(y, Tensor) and y.dim() == 1 else None)
+    if isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not 0.0 <= p_uncond <= 1.0:
+        raise ValueError(f"p_uncond must be a probability in [0, 1], got {p_uncond!r}")
+    if p_uncond == 0:
+        return y
+    if p_uncond == 1:
+        return torch.full_like(y, int(null_label))
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    drop = torch.rand(y.shape[0], generator=generator, dtype=torch.float64, device=gen_device) < p_uncond
+    return torch.where(drop.to(y.device), torch.full_like(y, int(null_label)), y)
+
+
+def _check_label_tensor(y, batch: int | None) -> None:
+    if not isinstance(y, Tensor) or y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        got = y.dtype if isinstance(y, Tensor) else type(y).__name__
+        raise TypeError(f"y must be an integer tensor of class labels of shape (B,), got {got}")
+    if batch is None or y.shape != (batch,):
+        want = "(B,)" if batch is None else f"(B,) = ({batch},) to match x0"
+        raise ValueError(f"y must have shape {want}, got {tuple(y.shape)}")
+
+
+def _training_labels(model, y: Tensor | None, p_uncond: float, num_classes: int | None, batch: int,
+                     generator: torch.Generator | None, device) -> Tensor | None:
+    """Validate ``y`` against the batch and drop labels to the null class with probability ``p_uncond``."""
+    if y is None:
+        if p_uncond != 0:
+            raise ValueError(f"p_uncond={p_uncond!r} needs labels y; without y the loss is unconditional")
+        return None
+    _check_label_tensor(y, batch)
+    null_label = _null_label_of(model, num_classes)
+    if p_uncond != 0 and null_label is None:
+        raise ValueError("p_uncond > 0 needs the null class: the model has no num_classes/null_label "
+                         "attribute, so pass num_classes=K")
+    return drop_labels(y, null_label if null_label is not None else 0, p_uncond, generator).to(device)
+
+
+def _call(model, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+    return model(x, t) if y is None else model(x, t, y)
+
+
 def _reduce(per_example: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":
         return per_example.mean()
@@ -147,7 +224,8 @@ def dsm_loss(model: ScoreFn, sde: LinearSDE, x0: Tensor, weighting: str = "score
              importance_sampling: bool = False, eps: float = 1e-5,
              generator: torch.Generator | None = None, reduction: str = "mean", *,
              t: Tensor | None = None, noise: Tensor | None = None,
-             max_weight: float | None = None) -> Tensor:
+             max_weight: float | None = None, y: Tensor | None = None, p_uncond: float = 0.0,
+             num_classes: int | None = None) -> Tensor:
     """Denoising score-matching loss ``E lambda(t) ||score(x_t, t) + z / s||^2`` (MATH.md).
 
     Computed as ``w(t) ||eps_hat - z||^2`` with ``eps_hat = -s(t) * model(x_t, t)`` and
@@ -168,13 +246,18 @@ def dsm_loss(model: ScoreFn, sde: LinearSDE, x0: Tensor, weighting: str = "score
             (:func:`sample_time`); used for common random numbers and data-parallel training.
         noise: optional ``z`` of ``x0``'s shape.
         max_weight: clip the weight (uniform ``t`` with the likelihood weighting; see module doc).
+        y: optional ``(B,)`` integer labels; the model is then called as ``model(x_t, t, y')``.
+        p_uncond: probability of replacing each label by the null class (:func:`drop_labels`); the
+            draws come from ``generator`` after ``t`` and ``z``.
+        num_classes: the null class index; default ``model.null_label`` (or ``model.module``'s).
 
     Returns:
         The loss: a scalar, or ``(B,)`` for ``reduction="none"``.
 
     Raises:
-        ValueError: unknown ``weighting``/``reduction``, bad ``eps``, or ``t``/``noise`` of the wrong shape.
-        TypeError: ``sde`` not a :class:`~sdediff.sde.LinearSDE`.
+        ValueError: unknown ``weighting``/``reduction``, bad ``eps``, ``t``/``noise``/``y`` of the wrong
+            shape, ``p_uncond`` outside ``[0, 1]`` or without labels or a known null class.
+        TypeError: ``sde`` not a :class:`~sdediff.sde.LinearSDE`, ``y`` not an integer tensor.
     """
     _check_args(sde, weighting, eps, reduction, importance_sampling)
     if not isinstance(x0, Tensor) or x0.dim() < 2:
@@ -191,10 +274,11 @@ def dsm_loss(model: ScoreFn, sde: LinearSDE, x0: Tensor, weighting: str = "score
         noise = _draw_noise(x0, generator)
     elif noise.shape != x0.shape:
         raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+    y = _training_labels(model, y, p_uncond, num_classes, batch, generator, x0.device)
     a = broadcast_like(sde.scale(t).to(x0.dtype), x0)
     s = broadcast_like(sde.std(t).to(x0.dtype), x0)
     x_t = a * x0 + s * noise
-    eps_hat = -s * model(x_t, t)  # score = -eps / s
+    eps_hat = -s * _call(model, x_t, t, y)  # score = -eps / s
     sq = (eps_hat - noise).pow(2).reshape(batch, -1).sum(dim=1)
     w = loss_weight(sde, t, weighting, eps=eps, importance_sampling=importance_sampling,
                     max_weight=max_weight)
@@ -237,7 +321,8 @@ def explicit_score_matching_loss(model: ScoreFn, true_score: ScoreFn, sde: Linea
 
 
 def ddpm_loss(model: ScoreFn, ddpm: DDPM, x0: Tensor, generator: torch.Generator | None = None,
-              reduction: str = "mean", *, n: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+              reduction: str = "mean", *, n: Tensor | None = None, noise: Tensor | None = None,
+              y: Tensor | None = None, p_uncond: float = 0.0, num_classes: int | None = None) -> Tensor:
     """DDPM's simple loss ``E_n ||eps_hat(x_n, n) - z||^2`` over uniform ``n in {1..N}`` (Ho et al. 2020, eq. 14).
 
     ``x_n = sqrt(abar_n) x0 + sqrt(1 - abar_n) z`` on the discrete chain, and
@@ -253,6 +338,7 @@ def ddpm_loss(model: ScoreFn, ddpm: DDPM, x0: Tensor, generator: torch.Generator
         reduction: one of :data:`REDUCTIONS`.
         n: optional ``(B,)`` integer indices in ``1..N``.
         noise: optional ``z`` of ``x0``'s shape.
+        y, p_uncond, num_classes: labels and their drop rate, as in :func:`dsm_loss`.
 
     Returns:
         The loss (scalar, or ``(B,)`` for ``reduction="none"``).
@@ -268,8 +354,9 @@ def ddpm_loss(model: ScoreFn, ddpm: DDPM, x0: Tensor, generator: torch.Generator
     n = n.to(x0.device)
     if noise is None:
         noise = _draw_noise(x0, generator)
+    y = _training_labels(model, y, p_uncond, num_classes, batch, generator, x0.device)
     x_n = ddpm.q_sample(x0, n, noise=noise)
     s = broadcast_like((1 - ddpm.alpha_bar(n.cpu())).sqrt().to(dtype=x0.dtype, device=x0.device), x0)
-    eps_hat = -s * model(x_n, ddpm.time(n.cpu()).to(dtype=x0.dtype, device=x0.device))
+    eps_hat = -s * _call(model, x_n, ddpm.time(n.cpu()).to(dtype=x0.dtype, device=x0.device), y)
     sq = (eps_hat - noise).pow(2).reshape(batch, -1).sum(dim=1)
     return _reduce(sq, reduction)

@@ -18,8 +18,12 @@ For ``"v"``: ``x = a x0 + s z`` and ``v = a z - s x0`` give ``z = (s x + a v) / 
 Every model here is an ``nn.Module`` whose ``forward(x, t)`` *is* the score function of the
 contract in DESIGN.md (``x`` of shape ``(B, *dims)``, ``t`` of shape ``(B,)`` in ``[0, T]``), so it can
 be handed to ``sample``, ``log_likelihood`` or wrapped in DDP. ``eps(x, t)`` and ``denoise(x, t)``
-give the other two views. At ``t = 0`` (``s = 0``) the score is undefined; ``s`` is floored at the
-dtype's machine epsilon so the result is large but finite rather than NaN.
+give the other two views. With a class-conditional net (``num_classes`` set, see :mod:`sdediff.nets`)
+every view takes labels: ``model(x, t, y)`` is the conditional score, ``model(x, t)`` (``y=None``)
+the unconditional one (DESIGN.md, "Conditional generation").
+
+At ``t = 0`` (``s = 0``) the score is undefined; ``s`` is floored at the dtype's machine epsilon
+so the result is large but finite rather than NaN.
 
 Discrete-time models (:class:`DiscreteScoreModel`) feed the network the DDPM index ``n`` and use
 DDPM's ``alpha_bar_n`` instead of the continuous ``scale``/``std``; continuous time ``t`` maps to
@@ -53,7 +57,8 @@ class ScoreModel(nn.Module):
     """A network and a linear SDE as a score function ``score_fn(x, t)``.
 
     Args:
-        net: ``net(x, c) -> tensor like x`` with ``c`` of shape ``(B,)`` (see ``time_input``).
+        net: ``net(x, c) -> tensor like x`` with ``c`` of shape ``(B,)`` (see ``time_input``); a
+            class-conditional net also takes ``net(x, c, y)`` and has a ``num_classes`` attribute.
         sde: the linear SDE the model belongs to (needs ``scale`` and ``std``).
         parameterization: what the network predicts, one of :data:`PARAMETERIZATIONS`.
         time_input: what the network is conditioned on, one of :data:`TIME_INPUTS`
@@ -84,6 +89,16 @@ class ScoreModel(nn.Module):
         if sigma_data is not None and not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
             raise ValueError(f"sigma_data must be a positive number or None, got {sigma_data!r}")
         self.sigma_data = None if sigma_data is None else float(sigma_data)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional net; ``None`` if the model is unconditional."""
+        return getattr(self.net, "num_classes", None)
+
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "unconditional" (``num_classes``), for batching guided calls; ``None`` if unconditional."""
+        return getattr(self.net, "null_label", self.num_classes)
 
     # ------------------------------------------------------------- the schedule
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -117,23 +132,27 @@ class ScoreModel(nn.Module):
             raise ValueError(f"t must be a scalar or of shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
         return t.to(dtype=x.dtype, device=x.device)
 
-    def _predict(self, x: Tensor, t) -> tuple[Tensor, Tensor, Tensor]:
+    def _predict(self, x: Tensor, t, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(a, s, out)`` with ``a, s`` broadcast against ``x`` and the raw network output."""
+        if y is not None and hasattr(self.net, "num_classes") and self.net.num_classes is None:
+            raise ValueError("y was given, but this model is unconditional (its net has num_classes=None); "
+                             "pass y=None, or build the net with num_classes=K")
         t = self._time(x, t)
         a, s = self.coefficients(t)
         x_in = x
         if self.sigma_data is not None:
             c_in = torch.rsqrt(a ** 2 * self.sigma_data ** 2 + s ** 2)  # Karras et al. 2022, eq. 7
             x_in = broadcast_like(c_in, x) * x
-        out = self.net(x_in, self.net_time(t, a, s))
+        c = self.net_time(t, a, s)
+        out = self.net(x_in, c) if y is None else self.net(x_in, c, y)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"the network must return a tensor of x's shape {tuple(x.shape)}, got {got}")
         return broadcast_like(a, x), broadcast_like(s, x), out
 
-    def eps(self, x: Tensor, t) -> Tensor:
-        """The predicted noise ``eps_hat(x, t)``, with ``x = a x0 + s eps``."""
-        a, s, out = self._predict(x, t)
+    def eps(self, x: Tensor, t, y: Tensor | None = None) -> Tensor:
+        """The predicted noise ``eps_hat(x, t[, y])``, with ``x = a x0 + s eps``."""
+        a, s, out = self._predict(x, t, y)
         p = self.parameterization
         if p == "eps":
             return out
@@ -143,9 +162,9 @@ class ScoreModel(nn.Module):
             return -out  # out = s * score = -eps
         return (s * x + a * out) / (a ** 2 + s ** 2)  # v: z = (s x + a v) / (a^2 + s^2)
 
-    def denoise(self, x: Tensor, t) -> Tensor:
-        """The predicted clean data ``x0_hat(x, t) = E[x0 | x_t = x]``."""
-        a, s, out = self._predict(x, t)
+    def denoise(self, x: Tensor, t, y: Tensor | None = None) -> Tensor:
+        """The predicted clean data ``x0_hat(x, t[, y]) = E[x0 | x_t = x(, y)]``."""
+        a, s, out = self._predict(x, t, y)
         p = self.parameterization
         if p == "x0":
             return out
@@ -154,9 +173,9 @@ class ScoreModel(nn.Module):
         eps = out if p == "eps" else -out
         return (x - s * eps) / a
 
-    def score(self, x: Tensor, t) -> Tensor:
-        """The score ``grad_x log p_t(x)`` (same as calling the module)."""
-        a, s, out = self._predict(x, t)
+    def score(self, x: Tensor, t, y: Tensor | None = None) -> Tensor:
+        """The score ``grad_x log p_t(x)``, or ``grad_x log p_t(x | y)`` given labels (same as calling the module)."""
+        a, s, out = self._predict(x, t, y)
         p = self.parameterization
         if p == "eps":
             return -out / s
@@ -166,16 +185,28 @@ class ScoreModel(nn.Module):
             return out / s
         return -(s * x + a * out) / ((a ** 2 + s ** 2) * s)
 
-    def forward(self, x: Tensor, t) -> Tensor:
-        """The score function of the contract: ``x`` ``(B, *dims)``, ``t`` ``(B,)`` -> tensor like ``x``."""
-        return self.score(x, t)
+    def forward(self, x: Tensor, t, y: Tensor | None = None) -> Tensor:
+        """The score function of the contract: ``x`` ``(B, *dims)``, ``t`` ``(B,)`` -> tensor like ``x``.
 
-    def score_fn(self, x: Tensor, t) -> Tensor:
+        Args:
+            x: ``(B, *dims)`` states.
+            t: ``(B,)`` times (or a scalar).
+            y: optional integer labels ``(B,)`` for a class-conditional net (``None``: unconditional;
+                entries equal to :attr:`null_label` are unconditional too).
+
+        Raises:
+            ValueError: bad shapes, or ``y`` given to an unconditional model (the net checks ``y``'s
+                shape and range, ``TypeError`` for a non-integer ``y``).
+        """
+        return self.score(x, t, y)
+
+    def score_fn(self, x: Tensor, t, y: Tensor | None = None) -> Tensor:
         """Alias of :meth:`score`, so ``model.score_fn`` reads as the contract's name."""
-        return self.score(x, t)
+        return self.score(x, t, y)
 
     def extra_repr(self) -> str:
-        return f"parameterization={self.parameterization!r}, time_input={self.time_input!r}, sde={self.sde!r}"
+        extra = "" if self.num_classes is None else f", num_classes={self.num_classes}"
+        return f"parameterization={self.parameterization!r}, time_input={self.time_input!r}, sde={self.sde!r}{extra}"
 
 
 class DiscreteScoreModel(ScoreModel):
@@ -224,4 +255,5 @@ class DiscreteScoreModel(ScoreModel):
         return {"kind": "discrete", "parameterization": self.parameterization, "index_scale": self.index_scale}
 
     def extra_repr(self) -> str:
-        return f"parameterization={self.parameterization!r}, ddpm={self.ddpm!r}"
+        extra = "" if self.num_classes is None else f", num_classes={self.num_classes}"
+        return f"parameterization={self.parameterization!r}, ddpm={self.ddpm!r}{extra}"

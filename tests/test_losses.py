@@ -191,3 +191,111 @@ def test_bad_arguments_name_the_allowed_values():
         dsm_loss(score, sde, x0, t=torch.zeros(3))
     with pytest.raises(TypeError, match="LinearSDE"):
         dsm_loss(score, object(), x0)
+
+
+# ------------------------------------------------------------------ labels (classifier-free guidance)
+
+class LabelSpy:
+    """A conditional score function that records the labels it sees (null class 5) and returns 0."""
+
+    null_label = 5
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x, t, y=None):
+        self.seen.append(y)
+        return torch.zeros_like(x)
+
+
+def _labels(n, seed=0):
+    return torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("loss", ["dsm", "ddpm"])
+def test_p_uncond_zero_and_one(loss):
+    x0, y = torch.randn(64, 2), _labels(64)
+
+    def run(spy, **kw):
+        g = torch.Generator().manual_seed(0)
+        if loss == "dsm":
+            return dsm_loss(spy, sd.VPSDE(), x0, generator=g, **kw)
+        return ddpm_loss(spy, sd.DDPM(num_steps=100), x0, generator=g, **kw)
+
+    spy = LabelSpy()
+    run(spy, y=y)  # p_uncond = 0 by default: the model sees exactly y
+    assert torch.equal(spy.seen[-1], y)
+    run(spy, y=y, p_uncond=0.0)
+    assert torch.equal(spy.seen[-1], y)
+    run(spy, y=y, p_uncond=1.0)  # only the null class
+    assert torch.equal(spy.seen[-1], torch.full_like(y, 5))
+    run(spy)  # no labels: called as model(x, t)
+    assert spy.seen[-1] is None
+    run(spy, y=y, p_uncond=1.0, num_classes=7)  # an explicit null class wins
+    assert torch.equal(spy.seen[-1], torch.full_like(y, 7))
+
+
+def test_drop_rate_matches_p_uncond_and_is_deterministic():
+    n, p = 20_000, 0.3
+    x0, y = torch.zeros(n, 2), _labels(n)
+    spy = LabelSpy()
+    dsm_loss(spy, sd.VPSDE(), x0, generator=torch.Generator().manual_seed(1), y=y, p_uncond=p)
+    seen = spy.seen[-1]
+    dropped = seen == 5
+    assert torch.equal(seen[~dropped], y[~dropped])  # kept labels are untouched
+    rate = float(dropped.double().mean())
+    assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / n), rate
+    # Same generator seed: same labels; another seed: different ones.
+    dsm_loss(spy, sd.VPSDE(), x0, generator=torch.Generator().manual_seed(1), y=y, p_uncond=p)
+    assert torch.equal(spy.seen[-1], seen)
+    dsm_loss(spy, sd.VPSDE(), x0, generator=torch.Generator().manual_seed(2), y=y, p_uncond=p)
+    assert not torch.equal(spy.seen[-1], seen)
+
+
+def test_labels_do_not_change_the_draws_of_t_and_noise():
+    # The label drops come from the generator after t and z: the loss terms keep their t and z.
+    gm, sde = ring_mixture(), sd.VPSDE()
+    x0 = gm.sample(256, generator=torch.Generator().manual_seed(0))
+    cond = gm.score_fn(sde)
+    plain = dsm_loss(cond, sde, x0, generator=torch.Generator().manual_seed(3), reduction="none")
+    labelled = dsm_loss(lambda x, t, y: cond(x, t), sde, x0, generator=torch.Generator().manual_seed(3),
+                        reduction="none", y=_labels(256), p_uncond=0.5, num_classes=5)
+    assert torch.equal(plain, labelled)
+
+
+def test_drop_labels_helper():
+    y = _labels(1000)
+    assert sd.losses.drop_labels(y, 5, 0.0) is y
+    assert torch.equal(sd.losses.drop_labels(y, 5, 1.0), torch.full_like(y, 5))
+    a = sd.losses.drop_labels(y, 5, 0.5, torch.Generator().manual_seed(0))
+    b = sd.losses.drop_labels(y, 5, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and 0 < int((a == 5).sum()) < 1000
+    with pytest.raises(ValueError, match="p_uncond"):
+        sd.losses.drop_labels(y, 5, 1.5)
+
+
+def test_label_training_reaches_the_class_embedding():
+    from sdediff.nets import build_net
+    torch.manual_seed(0)
+    model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1, num_classes=3), sd.VPSDE(), "eps")
+    x0, y = torch.randn(32, 2), torch.tensor([0, 1, 2, 3] * 8)
+    with torch.no_grad():
+        model.net.output.weight.normal_(std=0.1)  # let gradients reach the trunk
+    dsm_loss(model, sd.VPSDE(), x0, generator=torch.Generator().manual_seed(0), y=y, p_uncond=0.2).backward()
+    grad = model.net.class_embed.embedding.weight.grad
+    assert grad is not None and bool((grad.abs().sum(1) > 0).all())  # every class, null included
+
+
+def test_bad_label_arguments():
+    sde, x0 = sd.VPSDE(), torch.zeros(4, 2)
+    spy = LabelSpy()
+    with pytest.raises(TypeError, match="y must be an integer tensor"):
+        dsm_loss(spy, sde, x0, y=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"y must have shape \(B,\) = \(4,\)"):
+        dsm_loss(spy, sde, x0, y=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="p_uncond must be a probability"):
+        dsm_loss(spy, sde, x0, y=torch.zeros(4, dtype=torch.long), p_uncond=-0.1)
+    with pytest.raises(ValueError, match="needs labels y"):
+        dsm_loss(spy, sde, x0, p_uncond=0.1)
+    with pytest.raises(ValueError, match="pass num_classes"):
+        dsm_loss(lambda x, t, y: x, sde, x0, y=torch.zeros(4, dtype=torch.long), p_uncond=0.1)

@@ -212,3 +212,131 @@ def test_float64_follows_input(name: str) -> None:
     assert torch.isfinite(out).all() and out.abs().sum() > 0
     # Integer DDPM-style indices are accepted too.
     assert net(x, torch.arange(x.shape[0])).dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------------- class conditioning
+
+COND_CASES = [
+    ("mlp", {"dim": 2, "hidden": 32, "depth": 2, "emb_dim": 16}, (6, 2)),
+    ("unet", {"image_size": 8, **SMALL_UNET}, (3, 1, 8, 8)),
+]
+
+
+def _perturb(net: torch.nn.Module, seed: int = 0) -> None:
+    """Move every parameter (class embedding included) off its initialization."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("name,cfg,shape", COND_CASES)
+def test_unconditional_config_is_unchanged_and_conditional_adds_num_classes(name, cfg, shape) -> None:
+    plain = build_net(name, **cfg)
+    assert "num_classes" not in plain.config and plain.num_classes is None and plain.null_label is None
+    assert build_net(name, **cfg, num_classes=None).config == plain.config
+    cond = build_net(name, **cfg, num_classes=4)
+    assert cond.config == {**plain.config, "num_classes": 4}
+    assert cond.num_classes == 4 and cond.null_label == 4
+    # The unconditional state dict is unchanged; the conditional one only adds the class embedding.
+    extra = set(cond.state_dict()) - set(plain.state_dict())
+    assert set(plain.state_dict()) <= set(cond.state_dict())
+    assert extra == {"class_embed.embedding.weight"}
+    assert cond.state_dict()["class_embed.embedding.weight"].shape[0] == 5  # 4 classes + the null class
+
+
+@pytest.mark.parametrize("name,cfg,shape", COND_CASES)
+def test_fresh_conditional_net_equals_the_unconditional_one(name, cfg, shape) -> None:
+    torch.manual_seed(3)
+    plain = build_net(name, **cfg)
+    torch.manual_seed(3)
+    cond = build_net(name, **cfg, num_classes=3)
+    for key, value in plain.state_dict().items():  # same weights from the same RNG state
+        assert torch.equal(cond.state_dict()[key], value), key
+    assert torch.count_nonzero(cond.class_embed.embedding.weight) == 0  # zero-initialized
+    _perturb(plain)
+    cond.load_state_dict({**cond.state_dict(), **plain.state_dict()})
+    x, t = torch.randn(shape), torch.rand(shape[0])
+    y = torch.arange(shape[0]) % 4  # includes the null class 3
+    with torch.no_grad():
+        ref = plain(x, t)
+        assert ref.abs().sum() > 0
+        for labels in (None, y):
+            assert torch.allclose(cond(x, t, labels), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,cfg,shape", COND_CASES)
+def test_labels_condition_the_output_and_none_is_the_null_class(name, cfg, shape) -> None:
+    torch.manual_seed(0)
+    net = build_net(name, **cfg, num_classes=3)
+    _perturb(net)
+    net.eval()
+    x, t = torch.randn(shape), torch.rand(shape[0])
+    batch = shape[0]
+    with torch.no_grad():
+        outs = [net(x, t, torch.full((batch,), k)) for k in range(4)]
+        assert torch.equal(net(x, t), outs[3])  # y=None is the null class
+        assert torch.equal(net(x, t, None), outs[3])
+        for i in range(4):
+            for j in range(i):
+                assert (outs[i] - outs[j]).abs().max() > 1e-4
+        # A mixed batch: each example gets its own label, and a null entry is unconditional.
+        y = torch.tensor([0, 3, 1, 2, 0, 3])[:batch]
+        mixed = net(x, t, y)
+        for i in range(batch):
+            assert torch.allclose(mixed[i], outs[int(y[i])][i], atol=1e-6)
+
+
+@pytest.mark.parametrize("name,cfg,shape", COND_CASES)
+def test_gradients_reach_the_class_embedding_and_round_trip(name, cfg, shape) -> None:
+    torch.manual_seed(0)
+    net = build_net(name, **cfg, num_classes=2)
+    x, t = torch.randn(shape), torch.rand(shape[0])
+    y = torch.arange(shape[0]) % 3
+    _train_steps(net, x, steps=1)  # leave the zero-initialized output layer so gradients reach the trunk
+    net(x, t, y).pow(2).sum().backward()
+    grad = net.class_embed.embedding.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    clone = build_net(name, **json.loads(json.dumps(net.config)))
+    clone.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.equal(clone(x, t, y), net(x, t, y))
+
+
+@pytest.mark.parametrize("name,cfg,shape", COND_CASES)
+def test_bad_labels_are_rejected_naming_y(name, cfg, shape) -> None:
+    net = build_net(name, **cfg, num_classes=3)
+    x, t = torch.randn(shape), torch.rand(shape[0])
+    batch = shape[0]
+    with pytest.raises(TypeError, match="y"):
+        net(x, t, torch.zeros(batch))  # float labels
+    with pytest.raises(TypeError, match="y"):
+        net(x, t, torch.zeros(batch, dtype=torch.bool))
+    with pytest.raises(TypeError, match="y"):
+        net(x, t, [0] * batch)
+    with pytest.raises(ValueError, match="y must have shape"):
+        net(x, t, torch.zeros(batch, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="y must have shape"):
+        net(x, t, torch.zeros(batch + 1, dtype=torch.long))
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match=r"y must hold labels in \[0, 3\]"):
+            net(x, t, torch.full((batch,), bad))
+    plain = build_net(name, **cfg)
+    with pytest.raises(ValueError, match="y was given.*unconditional"):
+        plain(x, t, torch.zeros(batch, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "3"])
+@pytest.mark.parametrize("name,cfg", [(n, c) for n, c, _ in COND_CASES])
+def test_bad_num_classes_is_rejected(name, cfg, bad) -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        build_net(name, **cfg, num_classes=bad)
+
+
+def test_mlp_out_dim_changes_only_the_output() -> None:
+    net = ResidualMLP(3, hidden=16, depth=1, emb_dim=8, out_dim=5)
+    assert net.config["out_dim"] == 5
+    assert net(torch.randn(4, 3), torch.rand(4)).shape == (4, 5)
+    assert "out_dim" not in ResidualMLP(3, hidden=16, depth=1, emb_dim=8).config
+    with pytest.raises(ValueError, match="out_dim"):
+        ResidualMLP(3, out_dim=0)

@@ -153,3 +153,65 @@ def test_score_at_time_zero_is_finite():
     out = model(torch.ones(2, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     assert not bool(torch.isnan(out).any())
     assert math.isfinite(float(out.abs().max()))
+
+
+# ------------------------------------------------------------------ class-conditional models
+
+class LabelEcho(nn.Module):
+    """eps_hat = (label + 1) everywhere (0 for y=None); records what it was called with."""
+
+    num_classes = 3
+
+    def forward(self, x, c, y=None):
+        self.calls = getattr(self, "calls", []) + [y]
+        fill = torch.zeros(x.shape[0], dtype=x.dtype) if y is None else (y + 1).to(x.dtype)
+        return broadcast_like(fill, x).expand_as(x).clone()
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_labels_pass_through_every_view(discrete):
+    net = LabelEcho()
+    model = DiscreteScoreModel(net, sd.DDPM(num_steps=100), "eps") if discrete else ScoreModel(net, sd.VPSDE(), "eps")
+    assert model.num_classes == 3 and model.null_label == 3
+    x = torch.randn(4, 2, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.3, 0.5, 0.9], dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3])
+    _, s = model.coefficients(t)
+    expected = -(y + 1).to(x.dtype)[:, None].expand(4, 2) / s[:, None]
+    for fn in (model, model.score, model.score_fn, model.forward):
+        assert torch.allclose(fn(x, t, y), expected, rtol=1e-14, atol=0)
+        assert net.calls[-1] is y
+    assert torch.equal(model.eps(x, t, y), (y + 1).to(x.dtype)[:, None].expand(4, 2))
+    assert torch.allclose(model.denoise(x, t, y), model.denoise(x, t) - (y + 1).to(x.dtype)[:, None] * s[:, None]
+                          / model.coefficients(t)[0][:, None], rtol=1e-12)
+    # y=None calls the net with two arguments, exactly as for an unconditional model.
+    assert torch.equal(model(x, t), torch.zeros_like(x))
+    assert net.calls[-1] is None
+
+
+def test_conditional_mlp_inside_a_score_model():
+    from sdediff.nets import build_net
+    torch.manual_seed(0)
+    net = build_net("mlp", dim=2, hidden=16, depth=1, emb_dim=8, num_classes=4)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model = ScoreModel(net, sd.VPSDE(), "eps")
+    assert model.num_classes == 4 and model.null_label == 4 and "num_classes=4" in repr(model)
+    x, t, y = torch.randn(5, 2), torch.full((5,), 0.4), torch.tensor([0, 1, 2, 3, 4])
+    s = sd.VPSDE().std(t)[:, None]
+    with torch.no_grad():
+        assert torch.allclose(model(x, t, y), -net(x, t, y) / s)
+        assert torch.equal(model(x, t), model(x, t, torch.full((5,), 4)))  # None is the null class
+        assert not torch.allclose(model(x, t, torch.zeros(5, dtype=torch.long)), model(x, t))
+
+
+def test_unconditional_model_rejects_labels():
+    from sdediff.nets import build_net
+    model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1), sd.VPSDE(), "eps")
+    assert model.num_classes is None and model.null_label is None
+    x, t = torch.randn(3, 2), torch.full((3,), 0.5)
+    with pytest.raises(ValueError, match="y was given.*unconditional"):
+        model(x, t, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="y must hold labels"):
+        ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1, num_classes=2), sd.VPSDE())(x, t, torch.full((3,), 5))

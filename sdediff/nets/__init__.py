@@ -1,5 +1,8 @@
 """Time-conditioned networks ``net(x, t) -> tensor like x`` and a name-based builder for checkpoints.
 
+With ``num_classes=K`` they are also class-conditioned: ``net(x, t, y)`` with integer labels ``y``
+of shape ``(B,)`` in ``0..K``, where ``K`` is the null class that ``y=None`` stands for.
+
 Every network has a ``net_name`` class attribute and a JSON-serializable ``config`` dict, so
 ``build_net(net.net_name, **net.config)`` rebuilds the same architecture (load the weights with
 ``load_state_dict``; the Fourier frequencies are a buffer and travel with them).
@@ -13,6 +16,7 @@ from torch import nn
 
 from sdediff.nets.embeddings import (
     TIME_EMBEDDINGS,
+    ClassEmbedding,
     GaussianFourierEmbedding,
     SinusoidalEmbedding,
     make_time_embedding,
@@ -23,6 +27,7 @@ from sdediff.nets.unet import UNet
 __all__ = [
     "GaussianFourierEmbedding",
     "SinusoidalEmbedding",
+    "ClassEmbedding",
     "TIME_EMBEDDINGS",
     "make_time_embedding",
     "ResidualMLP",
@@ -40,7 +45,8 @@ def build_net(name: str, **config: Any) -> nn.Module:
 
     Args:
         name: ``"mlp"`` (:class:`ResidualMLP`) or ``"unet"`` (:class:`UNet`).
-        **config: Constructor keyword arguments, typically a saved ``net.config``.
+        **config: Constructor keyword arguments, typically a saved ``net.config``; add
+            ``num_classes=K`` for a class-conditional network (omitted or ``None``: unconditional).
 
     Returns:
         A freshly initialized network.
@@ -52,6 +58,7 @@ def build_net(name: str, **config: Any) -> nn.Module:
     Example:
         >>> net = build_net("mlp", dim=2, hidden=64)
         >>> clone = build_net(net.net_name, **net.config)
+        >>> cond = build_net("mlp", dim=2, hidden=64, num_classes=8)  # cond(x, t, y)
     """
     if name not in NETS:
         raise ValueError(f"name must be one of {tuple(NETS)}, got {name!r}")

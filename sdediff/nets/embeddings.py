@@ -10,16 +10,28 @@ Two standard choices:
 
 Both accept continuous time in ``[0, T]`` or any other scalar conditioning (e.g. ``log std``),
 and follow the device and floating dtype of ``t``.
+
+Class conditioning: :class:`ClassEmbedding` maps integer labels ``y`` of shape ``(B,)`` to
+``(B, dim)``, with ``num_classes`` classes plus a *null class* (index ``num_classes``) that stands
+for "no label" (the unconditional score); the nets add it to their time embedding.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["GaussianFourierEmbedding", "SinusoidalEmbedding", "TIME_EMBEDDINGS", "make_time_embedding"]
+__all__ = [
+    "GaussianFourierEmbedding",
+    "SinusoidalEmbedding",
+    "ClassEmbedding",
+    "TIME_EMBEDDINGS",
+    "make_time_embedding",
+    "check_class_labels",
+]
 
 #: Names accepted by :func:`make_time_embedding` (and by the ``time_embedding`` argument of the nets).
 TIME_EMBEDDINGS: tuple[str, ...] = ("fourier", "sinusoidal")
@@ -192,3 +204,87 @@ def _time_for_batch(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     if t.shape != (batch,):
         raise ValueError(f"t must have shape (B,) = ({batch},) to match x, or be a scalar; got {tuple(t.shape)}")
     return t
+
+
+def check_class_labels(y: Any, num_classes: int | None, batch: int, device: torch.device | None = None) -> torch.Tensor:
+    """Validate class labels for a net with ``num_classes`` classes and return them as ``(B,)`` int64.
+
+    ``y = None`` becomes the null class ``num_classes`` for every example.
+
+    Args:
+        y: ``None`` or an integer tensor of shape ``(B,)`` with values in ``[0, num_classes]``
+            (``num_classes`` itself is the null class, i.e. "unconditional" for that example).
+        num_classes: The number of classes of the net; ``None`` for an unconditional net.
+        batch: The batch size ``B``.
+        device: Device of the result (default: ``y``'s).
+
+    Returns:
+        The labels, ``(B,)`` ``torch.long``; ``None`` if the net is unconditional and ``y`` is ``None``.
+
+    Raises:
+        ValueError: If ``y`` is given to an unconditional net, has a shape other than ``(B,)``, or
+            has a value outside ``[0, num_classes]``.
+        TypeError: If ``y`` is not an integer tensor.
+    """
+    if num_classes is None:
+        if y is not None:
+            raise ValueError(
+                "y was given, but this network is unconditional (num_classes=None); build it with "
+                "num_classes=K to condition on labels, or pass y=None"
+            )
+        return None
+    if y is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be an integer torch.Tensor of shape (B,) or None, got {type(y).__name__}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"y must be an integer tensor of class labels, got dtype {y.dtype}")
+    if y.shape != (batch,):
+        raise ValueError(f"y must have shape (B,) = ({batch},) to match x, got {tuple(y.shape)}")
+    if batch and (int(y.min()) < 0 or int(y.max()) > num_classes):
+        raise ValueError(
+            f"y must hold labels in [0, {num_classes}] ({num_classes} classes, index {num_classes} is the null "
+            f"class), got values in [{int(y.min())}, {int(y.max())}]"
+        )
+    return y.to(device=device if device is not None else y.device, dtype=torch.long)
+
+
+class ClassEmbedding(nn.Module):
+    """Learned embedding of ``num_classes`` class labels plus the null class (index ``num_classes``).
+
+    Zero-initialized: a fresh class-conditional net ignores its label and behaves exactly like the
+    unconditional net it grows from; training moves each class away from zero.
+
+    Args:
+        num_classes: Number of classes ``K`` (labels ``0..K-1``; ``K`` is the null class).
+        dim: Embedding dimension.
+
+    Raises:
+        ValueError: If ``num_classes`` or ``dim`` is not a positive integer.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        if num_classes is None:
+            raise ValueError("num_classes must be a positive integer, got None")
+        check_num_classes(num_classes)
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+        nn.init.zeros_(self.embedding.weight)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Embed labels ``y`` of shape ``(B,)`` (already validated) to ``(B, dim)``."""
+        return self.embedding(y)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes} (+1 null), dim={self.embedding.embedding_dim}"
+
+
+def check_num_classes(num_classes: Any) -> None:
+    """Raise ``ValueError`` unless ``num_classes`` is ``None`` or a positive integer."""
+    if num_classes is None:
+        return
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")

@@ -1,4 +1,5 @@
-"""Time-conditioned residual MLP for flat data ``x`` of shape ``(B, dim)`` (2-D toys, flattened digits)."""
+"""Time- (and optionally class-) conditioned residual MLP for flat data ``x`` of shape ``(B, dim)``
+(2-D toys, flattened digits)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdediff.nets.embeddings import TIME_EMBEDDINGS, _time_for_batch, make_time_embedding
+from sdediff.nets.embeddings import (
+    TIME_EMBEDDINGS,
+    ClassEmbedding,
+    _time_for_batch,
+    check_class_labels,
+    check_num_classes,
+    make_time_embedding,
+)
 
 __all__ = ["ResidualMLP"]
 
@@ -41,12 +49,17 @@ class _ResidualBlock(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-    """Residual MLP ``(x, t) -> output like x`` for ``x`` of shape ``(B, dim)``.
+    """Residual MLP ``(x, t[, y]) -> output like x`` for ``x`` of shape ``(B, dim)``.
 
     Layout: ``x -> Linear(dim, hidden) -> depth x residual block -> norm -> SiLU -> Linear(hidden, dim)``.
     The time ``t`` is embedded (:data:`~sdediff.nets.embeddings.TIME_EMBEDDINGS`), passed through a
     two-layer MLP and fed to every residual block as a FiLM scale and shift. The output layer is
     zero-initialized, so a fresh network returns exactly 0 (a neutral eps / score at step 0).
+
+    With ``num_classes=K`` the network also takes labels ``y`` (``(B,)`` integers in ``0..K``, ``K``
+    the null class, used for ``y=None``): a zero-initialized :class:`~sdediff.nets.embeddings.ClassEmbedding`
+    is added to the time embedding, so one network gives both the conditional and the
+    unconditional score.
 
     Args:
         dim: Data dimension ``d``.
@@ -58,10 +71,14 @@ class ResidualMLP(nn.Module):
         layer_norm: Whether to apply LayerNorm at the start of each block and before the output.
         fourier_scale: Frequency scale of the Fourier embedding.
         seed: Seed of the Fourier embedding's fixed frequencies.
+        num_classes: Number of classes for class conditioning; ``None`` (default): unconditional.
+        out_dim: Output dimension; defaults to ``dim`` (set it to use the trunk for other outputs,
+            e.g. class logits).
 
     Attributes:
         config: The constructor arguments as a JSON-serializable dict;
-            ``build_net("mlp", **net.config)`` rebuilds the architecture.
+            ``build_net("mlp", **net.config)`` rebuilds the architecture. ``num_classes`` and
+            ``out_dim`` appear only when set, so unconditional configs are unchanged.
 
     Raises:
         ValueError: On an invalid argument (the message names it).
@@ -80,6 +97,8 @@ class ResidualMLP(nn.Module):
         layer_norm: bool = True,
         fourier_scale: float = 16.0,
         seed: int = 0,
+        num_classes: int | None = None,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         _check_positive_int("dim", dim)
@@ -91,6 +110,9 @@ class ResidualMLP(nn.Module):
             raise ValueError(f"emb_dim must be an even integer >= 2, got {emb_dim!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_num_classes(num_classes)
+        if out_dim is not None:
+            _check_positive_int("out_dim", out_dim)
         self.config: dict[str, Any] = {
             "dim": dim,
             "hidden": hidden,
@@ -102,7 +124,12 @@ class ResidualMLP(nn.Module):
             "fourier_scale": float(fourier_scale),
             "seed": int(seed),
         }
+        if num_classes is not None:
+            self.config["num_classes"] = num_classes
+        if out_dim is not None:
+            self.config["out_dim"] = out_dim
         self.dim = dim
+        self.num_classes = num_classes
         self.time_embed = nn.Sequential(
             make_time_embedding(time_embedding, emb_dim, fourier_scale=fourier_scale, seed=seed),
             nn.Linear(emb_dim, hidden),
@@ -113,27 +140,41 @@ class ResidualMLP(nn.Module):
         self.blocks = nn.ModuleList(_ResidualBlock(hidden, hidden, dropout, layer_norm) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden) if layer_norm else nn.Identity()
         self.act = nn.SiLU()
-        self.output = nn.Linear(hidden, dim)
+        self.output = nn.Linear(hidden, dim if out_dim is None else out_dim)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
+        # Created last, so the other parameters match an unconditional net built from the same RNG state.
+        self.class_embed = ClassEmbedding(num_classes, hidden) if num_classes is not None else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    @property
+    def null_label(self) -> int | None:
+        """The null-class index (``num_classes``) that means "no label"; ``None`` if unconditional."""
+        return self.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluate the network.
 
         Args:
             x: Tensor of shape ``(B, dim)``.
             t: Times of shape ``(B,)`` (or a scalar, broadcast over the batch).
+            y: Optional integer labels ``(B,)`` in ``[0, num_classes]`` (conditional nets only);
+                ``None`` or the null index ``num_classes`` asks for the unconditional output.
 
         Returns:
-            Tensor of shape ``(B, dim)``.
+            Tensor of shape ``(B, dim)`` (``(B, out_dim)`` if ``out_dim`` was set).
 
         Raises:
-            ValueError: If ``x`` or ``t`` has the wrong shape.
+            ValueError: If ``x`` or ``t`` has the wrong shape, or ``y`` is out of range, of the wrong
+                shape, or given to an unconditional net.
+            TypeError: If ``y`` is not an integer tensor.
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.dim:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, {self.dim}), got {got}")
         temb = self.time_embed(_time_for_batch(t, x))
+        labels = check_class_labels(y, self.num_classes, x.shape[0], x.device)
+        if labels is not None:
+            temb = temb + self.class_embed(labels).to(temb.dtype)
         h = self.input(x)
         for block in self.blocks:
             h = block(h, temb)

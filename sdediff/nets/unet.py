@@ -1,4 +1,5 @@
-"""A small time-conditioned U-Net for images ``(B, C, H, W)`` from 8x8 (scikit-learn digits) to 32x32.
+"""A small time- (and optionally class-) conditioned U-Net for images ``(B, C, H, W)``
+from 8x8 (scikit-learn digits) to 32x32.
 
 The layout follows the DDPM U-Net (Ho et al. 2020), scaled down:
 
@@ -10,6 +11,9 @@ The layout follows the DDPM U-Net (Ho et al. 2020), scaled down:
 * expanding path: per level, ``num_res_blocks + 1`` residual blocks, each consuming a skip
   connection by channel concatenation, optional self-attention, nearest upsample + 3x3 conv;
 * GroupNorm, SiLU, zero-initialized 3x3 conv to the output channels.
+
+With ``num_classes`` set, a zero-initialized class embedding (``num_classes`` classes plus a null
+class) is added to the time embedding, as in Dhariwal & Nichol 2021 (ADM).
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sdediff.nets.embeddings import TIME_EMBEDDINGS, _time_for_batch, make_time_embedding
+from sdediff.nets.embeddings import (
+    TIME_EMBEDDINGS,
+    ClassEmbedding,
+    _time_for_batch,
+    check_class_labels,
+    check_num_classes,
+    make_time_embedding,
+)
 
 __all__ = ["UNet"]
 
@@ -91,7 +102,7 @@ class _Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """Time-conditioned U-Net ``(x, t) -> output like x`` for square images.
+    """Time-conditioned U-Net ``(x, t[, y]) -> output like x`` for square images.
 
     Args:
         in_channels: Image channels ``C`` (1 for digits, 3 for RGB).
@@ -112,10 +123,13 @@ class UNet(nn.Module):
         seed: Seed of the Fourier embedding's fixed frequencies.
         out_channels: Output channels; defaults to ``in_channels``.
         middle_attention: Whether the middle block has self-attention.
+        num_classes: Number of classes for class conditioning (labels ``0..K-1``, ``K`` the null
+            class used for ``y=None``); ``None`` (default): unconditional.
 
     Attributes:
         config: The constructor arguments as a JSON-serializable dict;
-            ``build_net("unet", **net.config)`` rebuilds the architecture.
+            ``build_net("unet", **net.config)`` rebuilds the architecture (``num_classes`` appears
+            only when set).
 
     Raises:
         ValueError: On an invalid argument (the message names it).
@@ -139,6 +153,7 @@ class UNet(nn.Module):
         seed: int = 0,
         out_channels: int | None = None,
         middle_attention: bool = True,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         _check_int("in_channels", in_channels, 1)
@@ -154,6 +169,7 @@ class UNet(nn.Module):
             raise ValueError(f"time_embedding must be one of {TIME_EMBEDDINGS}, got {time_embedding!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_num_classes(num_classes)
         factor = 2 ** (len(channel_mults) - 1)
         if image_size % factor:
             raise ValueError(
@@ -190,6 +206,9 @@ class UNet(nn.Module):
             "out_channels": out_channels,
             "middle_attention": bool(middle_attention),
         }
+        if num_classes is not None:
+            self.config["num_classes"] = num_classes
+        self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
 
@@ -239,25 +258,39 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        # Created last, so the other parameters match an unconditional net built from the same RNG state.
+        self.class_embed = ClassEmbedding(num_classes, temb_dim) if num_classes is not None else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    @property
+    def null_label(self) -> int | None:
+        """The null-class index (``num_classes``) that means "no label"; ``None`` if unconditional."""
+        return self.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluate the network.
 
         Args:
             x: Images of shape ``(B, in_channels, image_size, image_size)``.
             t: Times of shape ``(B,)`` (or a scalar, broadcast over the batch).
+            y: Optional integer labels ``(B,)`` in ``[0, num_classes]`` (conditional nets only);
+                ``None`` or the null index ``num_classes`` asks for the unconditional output.
 
         Returns:
             Tensor of shape ``(B, out_channels, image_size, image_size)``.
 
         Raises:
-            ValueError: If ``x`` or ``t`` has the wrong shape.
+            ValueError: If ``x`` or ``t`` has the wrong shape, or ``y`` is out of range, of the wrong
+                shape, or given to an unconditional net.
+            TypeError: If ``y`` is not an integer tensor.
         """
         expected = (self.in_channels, self.image_size, self.image_size)
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != expected:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, {', '.join(map(str, expected))}), got {got}")
         temb = self.time_embed(_time_for_batch(t, x))
+        labels = check_class_labels(y, self.num_classes, x.shape[0], x.device)
+        if labels is not None:
+            temb = temb + self.class_embed(labels).to(temb.dtype)
 
         h = self.conv_in(x)
         skips = [h]
