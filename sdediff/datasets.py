@@ -14,8 +14,10 @@ Digits
 ------
 :func:`load_digits_tensors` wraps :func:`sklearn.datasets.load_digits` (1,797 images bundled with
 scikit-learn, no download) with a fixed split, see :func:`digits_split_indices`.
-:func:`dequantize`, :func:`levels_to_range`, :func:`range_to_levels` and
-:func:`dequantization_log_jacobian` convert between integer grey levels and continuous data.
+Quantization (:func:`dequantize`, :func:`levels_to_range`, :func:`range_to_levels`,
+:func:`dequantization_log_jacobian`, :func:`dequantization_bpd_offset`) lives in
+:mod:`sdediff.quantization`, whose default is 256 levels: pass ``DIGITS_NUM_LEVELS`` (17) for
+the digits. Those names are re-exported here (the same functions) for older code.
 """
 
 from __future__ import annotations
@@ -28,40 +30,21 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .quantization import (_as_generator, dequantization_bpd_offset, dequantization_log_jacobian,
+                           dequantize, levels_to_range, range_to_levels)
+
 __all__ = [
-    "TOY_DATASETS",
-    "toy_data",
-    "ring",
-    "ring_params",
-    "moons",
-    "swiss_roll",
-    "checkerboard",
-    "pinwheel",
-    "two_spirals",
-    "circles",
-    "DIGITS_NUM_LEVELS",
-    "DIGITS_SPLIT_SIZES",
-    "digits_split_indices",
+    "TOY_DATASETS", "toy_data", "ring", "ring_params", "moons", "swiss_roll", "checkerboard", "pinwheel",
+    "two_spirals", "circles", "DIGITS_NUM_LEVELS", "DIGITS_SPLIT_SIZES", "digits_split_indices",
     "load_digits_tensors",
-    "dequantize",
-    "dequantization_log_jacobian",
-    "dequantization_bpd_offset",
-    "levels_to_range",
+    # re-exported from sdediff.quantization
+    "dequantize", "dequantization_log_jacobian", "dequantization_bpd_offset", "levels_to_range",
     "range_to_levels",
 ]
 
 # --------------------------------------------------------------------------------------------
 # Random-number plumbing
 # --------------------------------------------------------------------------------------------
-
-
-def _as_generator(generator: torch.Generator | int | None) -> torch.Generator | None:
-    """Turn an ``int`` seed into a CPU ``torch.Generator``; pass generators and ``None`` through."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
-        return torch.Generator().manual_seed(int(generator))
-    raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
 
 
 def _rng_device(generator: torch.Generator | None) -> torch.device:
@@ -98,12 +81,8 @@ def _finish(x: torch.Tensor, dtype: torch.dtype, device: torch.device | str | No
 RING_NUM_MODES, RING_RADIUS, RING_STD = 8, 2.0, 0.1
 
 
-def ring_params(
-    num_modes: int = RING_NUM_MODES,
-    radius: float = RING_RADIUS,
-    std: float = RING_STD,
-    dtype: torch.dtype = torch.float64,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ring_params(num_modes: int = RING_NUM_MODES, radius: float = RING_RADIUS, std: float = RING_STD,
+                dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact mixture parameters of the ``ring`` toy set.
 
     Mode ``k`` (``k = 0..K-1``) is ``N(mu_k, std^2 I)`` with
@@ -167,12 +146,8 @@ def ring(
     return _finish(x, dtype, device)
 
 
-def moons(
-    n: int,
-    generator: torch.Generator | int | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+def moons(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
+          device: torch.device | str | None = None) -> torch.Tensor:
     """Two interleaving half circles (as scikit-learn's ``make_moons``), centred and scaled by 2, noise std 0.1.
 
     Upper moon ``(cos a, sin a)``, lower moon ``(1 - cos a, 1/2 - sin a)``, ``a ~ U[0, pi]``,
@@ -197,12 +172,8 @@ def moons(
     return _finish(2.0 * p + 0.1 * _randn((n, 2), gen, torch.float64), dtype, device)
 
 
-def swiss_roll(
-    n: int,
-    generator: torch.Generator | int | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+def swiss_roll(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> torch.Tensor:
     """A 2-D Swiss roll: ``s (cos s, sin s) / 5 + 0.2 z`` with ``s = 1.5 pi (1 + 2u)``, ``u ~ U[0, 1]``.
 
     Args:
@@ -221,12 +192,8 @@ def swiss_roll(
     return _finish(x + 0.2 * _randn((n, 2), gen, torch.float64), dtype, device)
 
 
-def checkerboard(
-    n: int,
-    generator: torch.Generator | int | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+def checkerboard(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> torch.Tensor:
     """Uniform density on the 8 "black" squares of a 4x4 checkerboard covering ``[-4, 4]^2``.
 
     Each square has side 2; a square with lower-left corner ``(2i - 4, 2j - 4)`` is occupied when
@@ -289,12 +256,8 @@ def pinwheel(
     return _finish(2.0 * x, dtype, device)
 
 
-def two_spirals(
-    n: int,
-    generator: torch.Generator | int | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+def two_spirals(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None) -> torch.Tensor:
     """Two interleaved spirals (point-symmetric), 1.5 turns each, as in FFJORD's ``2spirals``.
 
     ``r = sqrt(u) * 3 pi`` (``u ~ U[0, 1]``), ``p = (-r cos r + 0.5 v1, r sin r + 0.5 v2)``
@@ -318,12 +281,8 @@ def two_spirals(
     return _finish(sign * p / 3.0 + 0.1 * _randn((n, 2), gen, torch.float64), dtype, device)
 
 
-def circles(
-    n: int,
-    generator: torch.Generator | int | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+def circles(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
+            device: torch.device | str | None = None) -> torch.Tensor:
     """Two concentric circles of radii 3 and 1.5 (as ``make_circles(factor=0.5, noise=0.08)`` scaled by 3).
 
     Each point picks a circle with probability 1/2 and a uniform angle; then noise ``0.24 z``.
@@ -359,13 +318,8 @@ _TOY_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 TOY_DATASETS: tuple[str, ...] = tuple(_TOY_SAMPLERS)
 
 
-def toy_data(
-    name: str,
-    n: int,
-    generator: torch.Generator | int | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+def toy_data(name: str, n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
+             device: torch.device | str | None = None) -> torch.Tensor:
     """Draw ``n`` samples of a named 2-D toy distribution.
 
     Args:
@@ -489,200 +443,3 @@ def load_digits_tensors(
     if return_labels:
         return x, torch.from_numpy(labels[index].copy())
     return x
-
-
-# --------------------------------------------------------------------------------------------
-# Quantized data <-> continuous data
-# --------------------------------------------------------------------------------------------
-
-
-def _check_levels_args(num_levels: int, low: float, high: float) -> None:
-    if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) or num_levels < 1:
-        raise ValueError(f"num_levels must be a positive integer, got {num_levels!r}")
-    if not high > low:
-        raise ValueError(f"need low < high, got low={low!r}, high={high!r}")
-
-
-def _wide_dtype(device: torch.device) -> torch.dtype:
-    """float64 for exact bin arithmetic, except on backends without it."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _check_levels(levels: torch.Tensor, num_levels: int) -> None:
-    if not isinstance(levels, torch.Tensor):
-        raise TypeError(f"levels must be a torch.Tensor, got {type(levels).__name__}")
-    if levels.numel() == 0:
-        return
-    if levels.is_floating_point() and not torch.equal(levels, torch.round(levels)):
-        raise ValueError("levels must hold integer values")
-    if levels.min() < 0 or levels.max() > num_levels - 1:
-        raise ValueError(
-            f"levels must lie in 0..{num_levels - 1} (num_levels={num_levels}), "
-            f"got values in {levels.min().item()}..{levels.max().item()}"
-        )
-
-
-def dequantize(
-    levels: torch.Tensor,
-    num_levels: int = DIGITS_NUM_LEVELS,
-    generator: torch.Generator | int | None = None,
-    low: float = -1.0,
-    high: float = 1.0,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Uniform dequantization: ``x = low + (levels + u) * delta``, ``u ~ U[0, 1)``, ``delta = (high - low) / K``.
-
-    Level ``l`` is spread uniformly over its bin ``[low + l delta, low + (l + 1) delta)``. A
-    continuous density ``p_x`` on ``[low, high]^d`` defines the discrete model
-    ``P(l) = integral of p_x over the bin of l``, and by Jensen's inequality
-    ``E_u[log p_x(x)] + d log(delta) <= log P(l)`` (Theis et al. 2016).
-
-    Change of variables. On the level scale ``y = levels + u = (x - low) / delta`` (bins of width 1)
-    the density is ``q(y) = p_x(x) * delta^d``, hence, per example of dimension ``d``::
-
-        log q(y) = log p_x(x) + d * log((high - low) / K)          # dequantization_log_jacobian
-        bpd      = -log q(y) / (d ln 2)
-                 = -log p_x(x) / (d ln 2) + log2(K / (high - low))  # dequantization_bpd_offset
-
-    E.g. 256 levels on ``[-1, 1]``: offset ``log2(128) = 7``; the 17 digit levels on ``[-1, 1]``:
-    offset ``log2(8.5) = 3.087`` bits.
-
-    ``u`` is drawn in ``U[0, 1)`` and then kept a few units of rounding away from the bin edges
-    (a shift of order ``1e-5`` in float32, ``1e-14`` in float64, immaterial for the density)
-    so that :func:`range_to_levels` recovers ``levels`` exactly in the working precision.
-
-    Args:
-        levels: Integer levels in ``0..K-1`` (integer or integer-valued float tensor), any shape.
-        num_levels: Number of levels ``K``.
-        generator: ``torch.Generator``, ``int`` seed, or ``None`` for the global RNG.
-        low: Lower end of the continuous range.
-        high: Upper end of the continuous range.
-        dtype: Floating dtype of the result (default: ``levels``' dtype if floating, else the
-            default dtype).
-
-    Returns:
-        Tensor like ``levels`` with values in ``[low, high)``, on ``levels``' device.
-
-    Raises:
-        ValueError: If ``levels`` is out of range or not integer-valued, or the range is empty.
-    """
-    _check_levels_args(num_levels, low, high)
-    _check_levels(levels, num_levels)
-    if dtype is None:
-        dtype = levels.dtype if levels.is_floating_point() else torch.get_default_dtype()
-    gen = _as_generator(generator)
-    wide = _wide_dtype(levels.device)
-    u = _rand(tuple(levels.shape), gen, wide).to(levels.device)
-    delta = (high - low) / num_levels
-    # A few times the rounding error of x in ``dtype``, measured in bin units.
-    margin = min(8.0 * torch.finfo(dtype).eps * (1.0 + max(abs(low), abs(high))) / delta, 0.25)
-    u = u.clamp(margin, 1.0 - margin)
-    x = low + (levels.to(wide) + u) * delta
-    return x.to(dtype)
-
-
-def levels_to_range(
-    levels: torch.Tensor,
-    num_levels: int = DIGITS_NUM_LEVELS,
-    low: float = -1.0,
-    high: float = 1.0,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Deterministic map of levels to the centres of their bins: ``low + (levels + 1/2) * (high - low) / K``.
-
-    Args:
-        levels: Integer levels in ``0..K-1``, any shape.
-        num_levels: Number of levels ``K``.
-        low: Lower end of the continuous range.
-        high: Upper end of the continuous range.
-        dtype: Floating dtype of the result (default as in :func:`dequantize`).
-
-    Returns:
-        Tensor like ``levels`` with values in ``(low, high)``.
-
-    Raises:
-        ValueError: If ``levels`` is out of range or the range is empty.
-    """
-    _check_levels_args(num_levels, low, high)
-    _check_levels(levels, num_levels)
-    if dtype is None:
-        dtype = levels.dtype if levels.is_floating_point() else torch.get_default_dtype()
-    wide = _wide_dtype(levels.device)
-    return (low + (levels.to(wide) + 0.5) * ((high - low) / num_levels)).to(dtype)
-
-
-def range_to_levels(
-    x: torch.Tensor,
-    num_levels: int = DIGITS_NUM_LEVELS,
-    low: float = -1.0,
-    high: float = 1.0,
-) -> torch.Tensor:
-    """Inverse of :func:`levels_to_range` and :func:`dequantize`: the index of the bin containing ``x``.
-
-    ``levels = clamp(floor((x - low) / delta), 0, K - 1)``: bin centres and dequantized values map
-    back to their level; values outside ``[low, high)`` (e.g. samples) are clamped to the end bins.
-
-    Args:
-        x: Floating tensor, any shape.
-        num_levels: Number of levels ``K``.
-        low: Lower end of the continuous range.
-        high: Upper end of the continuous range.
-
-    Returns:
-        ``int64`` tensor like ``x`` with values in ``0..K-1``.
-
-    Raises:
-        ValueError: If the range is empty.
-        TypeError: If ``x`` is not a floating tensor.
-    """
-    _check_levels_args(num_levels, low, high)
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError("x must be a floating torch.Tensor")
-    wide = _wide_dtype(x.device)
-    y = (x.to(wide) - low) / ((high - low) / num_levels)
-    y = torch.nan_to_num(y, nan=0.0)
-    return torch.floor(y).clamp(0, num_levels - 1).to(torch.int64)
-
-
-def dequantization_log_jacobian(d: int, num_levels: int = DIGITS_NUM_LEVELS, low: float = -1.0, high: float = 1.0) -> float:
-    """Nats to add to ``log p_x(x)`` of one example to get its log-density on the level scale.
-
-    ``d * log((high - low) / K)``: the log-determinant of the affine map ``y -> x = low + y delta``
-    from the level scale (bins of width 1) to ``[low, high]`` (bins of width ``delta``), see
-    :func:`dequantize`. The result is the (dequantization lower bound on the) discrete
-    log-likelihood of the levels.
-
-    Args:
-        d: Dimension of one example (64 for a digit).
-        num_levels: Number of levels ``K``.
-        low: Lower end of the continuous range.
-        high: Upper end of the continuous range.
-
-    Returns:
-        The per-example correction in nats (negative when ``delta < 1``).
-
-    Raises:
-        ValueError: If ``d < 1`` or the range is empty.
-    """
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-        raise ValueError(f"d must be a positive integer, got {d!r}")
-    _check_levels_args(num_levels, low, high)
-    return float(d) * math.log((high - low) / num_levels)
-
-
-def dequantization_bpd_offset(num_levels: int = DIGITS_NUM_LEVELS, low: float = -1.0, high: float = 1.0) -> float:
-    """Bits per dimension to add to ``-log p_x(x) / (d ln 2)``: ``log2(K / (high - low))``.
-
-    Args:
-        num_levels: Number of levels ``K``.
-        low: Lower end of the continuous range.
-        high: Upper end of the continuous range.
-
-    Returns:
-        The offset in bits (7 for 256 levels on ``[-1, 1]``; 3.087 for 17 levels on ``[-1, 1]``).
-
-    Raises:
-        ValueError: If the range is empty.
-    """
-    _check_levels_args(num_levels, low, high)
-    return math.log2(num_levels / (high - low))

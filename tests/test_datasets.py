@@ -1,4 +1,4 @@
-"""Datasets: toy samplers (shape, determinism, ring statistics), digits split, dequantization."""
+"""Datasets: toy samplers (shape, determinism, ring statistics), the digits split and levels."""
 
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ from sdediff.datasets import (
     DIGITS_NUM_LEVELS,
     DIGITS_SPLIT_SIZES,
     TOY_DATASETS,
-    dequantization_bpd_offset,
-    dequantization_log_jacobian,
-    dequantize,
     digits_split_indices,
-    levels_to_range,
     load_digits_tensors,
     range_to_levels,
     ring,
@@ -111,7 +107,7 @@ def test_digits_tensors_levels_and_range() -> None:
     assert labels.shape == (200,) and set(labels.tolist()) <= set(range(10))
     x = load_digits_tensors("val", output="range")
     assert x.dtype == torch.float32 and x.min() > -1 and x.max() < 1
-    assert torch.equal(range_to_levels(x), levels)
+    assert torch.equal(range_to_levels(x, DIGITS_NUM_LEVELS), levels)
     # Rows match scikit-learn's own array through the indices.
     from sklearn.datasets import load_digits
 
@@ -119,56 +115,11 @@ def test_digits_tensors_levels_and_range() -> None:
     assert torch.equal(raw[digits_split_indices("val")].unsqueeze(1), levels)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_dequantize_round_trip(dtype: torch.dtype) -> None:
-    levels = load_digits_tensors("train")
-    x = dequantize(levels, generator=0, dtype=dtype)
-    assert x.dtype == dtype and x.shape == levels.shape
-    assert x.min() >= -1 and x.max() < 1
-    assert torch.equal(range_to_levels(x), levels)
-    assert torch.equal(x, dequantize(levels, generator=0, dtype=dtype))
-    # Offsets within each bin are uniform: mean 1/2, variance 1/12 (in bin units).
-    u = (x.double() + 1) * DIGITS_NUM_LEVELS / 2 - levels
-    assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
+def test_quantization_names_are_reexported_unchanged() -> None:
+    # One home: sdediff.quantization; sdediff.datasets re-exports the same function objects.
+    import sdediff.datasets as datasets
+    import sdediff.quantization as quantization
 
-
-def test_dequantize_custom_range_and_validation() -> None:
-    levels = torch.arange(256).repeat(4)
-    x = dequantize(levels, num_levels=256, generator=1, low=0.0, high=1.0)
-    assert torch.equal(range_to_levels(x, 256, 0.0, 1.0), levels)
-    assert torch.equal(range_to_levels(levels_to_range(levels, 256, 0.0, 1.0), 256, 0.0, 1.0), levels)
-    # Out-of-range continuous values are clamped to the end bins.
-    assert range_to_levels(torch.tensor([-5.0, 5.0])).tolist() == [0, 16]
-    with pytest.raises(ValueError, match="levels must lie in 0..16"):
-        dequantize(torch.tensor([17]))
-    with pytest.raises(ValueError, match="integer"):
-        dequantize(torch.tensor([1.5]))
-    with pytest.raises(ValueError, match="low < high"):
-        dequantize(torch.tensor([1]), low=1.0, high=-1.0)
-
-
-@pytest.mark.parametrize("num_levels,low,high", [(17, -1.0, 1.0), (256, -1.0, 1.0), (4, 0.0, 3.0)])
-def test_dequantization_log_jacobian_brute_force(num_levels: int, low: float, high: float) -> None:
-    d = 6
-    delta = (high - low) / num_levels
-
-    def level_to_x(y: torch.Tensor) -> torch.Tensor:  # the map behind dequantize, on the level scale
-        return low + y * delta
-
-    y = torch.rand(d, dtype=torch.float64) * num_levels
-    jac = torch.autograd.functional.jacobian(level_to_x, y)
-    log_det = torch.linalg.slogdet(jac).logabsdet.item()
-    assert dequantization_log_jacobian(d, num_levels, low, high) == pytest.approx(log_det, rel=1e-12)
-
-    # A density uniform on [low, high]^d is the uniform distribution over all K^d level vectors:
-    # log p_x + jacobian must be -d log K exactly; the bpd offset then gives log2 K bits per dim.
-    log_px = -d * math.log(high - low)
-    log_q = log_px + dequantization_log_jacobian(d, num_levels, low, high)
-    assert log_q == pytest.approx(-d * math.log(num_levels))
-    bpd = -log_px / (d * math.log(2)) + dequantization_bpd_offset(num_levels, low, high)
-    assert bpd == pytest.approx(math.log2(num_levels))
-
-
-def test_bpd_offset_reference_values() -> None:
-    assert dequantization_bpd_offset(256, -1.0, 1.0) == pytest.approx(7.0)
-    assert dequantization_bpd_offset(17, -1.0, 1.0) == pytest.approx(math.log2(8.5))
+    for name in ("dequantize", "levels_to_range", "range_to_levels", "dequantization_log_jacobian",
+                 "dequantization_bpd_offset"):
+        assert getattr(datasets, name) is getattr(quantization, name), name

@@ -8,15 +8,13 @@ solver/estimator error, measured by closing the flow with the exact ``p_T``.
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import pytest
 import torch
 
 import sdediff as sd
 from sdediff.datasets import ring_params
-from sdediff.likelihood import bits_per_dim, dequantize, evaluate, log_likelihood
+from sdediff.likelihood import dequantize, log_likelihood
 
 EPS = 1e-5
 F64 = torch.float64
@@ -237,45 +235,6 @@ def test_bad_score_raises_instead_of_nan():
 
 
 # ------------------------------------------------------------ bits per dim
-def test_bpd_of_uniform_data_is_log2_levels():
-    # x uniform on [low, high]^d has log p = -d log(high - low); the K-level data it
-    # dequantizes has probability K^-d, i.e. log2(K) bits per dimension exactly.
-    for K, low, high in [(256, -1.0, 1.0), (256, 0.0, 1.0), (17, -1.0, 1.0), (4, -3.0, 5.0)]:
-        d = 7
-        logp = torch.full((3,), -d * math.log(high - low), dtype=F64)
-        assert torch.allclose(bits_per_dim(logp, d, num_levels=K, low=low, high=high),
-                              torch.full((3,), math.log2(K), dtype=F64), atol=1e-12)
-    # The documented offsets: 7 bits for 256 levels on [-1, 1], 8 on [0, 1].
-    zero = torch.zeros(1, dtype=F64)
-    assert float(bits_per_dim(zero, 1, 256, -1.0, 1.0)) == pytest.approx(7.0, abs=1e-12)
-    assert float(bits_per_dim(zero, 1, 256, 0.0, 1.0)) == pytest.approx(8.0, abs=1e-12)
-
-
-def test_bpd_of_quantized_gaussian_matches_the_discrete_probability():
-    # N(0, s^2) per dimension, quantized to K bins on [-1, 1]: the exact discrete probability
-    # of a bin is Phi(b+) - Phi(b-); the density at the bin centre times delta agrees with it
-    # to O(delta^2 / s^2) (midpoint rule), here < 1e-4 bits.
-    K, low, high, s, d = 256, -1.0, 1.0, 0.25, 3
-    levels = torch.randint(96, 160, (500, d), generator=torch.Generator().manual_seed(0))
-    delta = (high - low) / K
-    centres = low + (levels + 0.5) * delta
-    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=F64), torch.tensor(s, dtype=F64))
-    logp = normal.log_prob(centres).sum(1)
-    edges_lo, edges_hi = low + levels * delta, low + (levels + 1) * delta
-    exact_bits = -torch.log(normal.cdf(edges_hi) - normal.cdf(edges_lo)).sum(1) / (d * math.log(2))
-    assert (bits_per_dim(logp, d, K, low, high) - exact_bits).abs().max() < 1e-4
-
-
-def test_bpd_of_continuous_gaussian_is_its_entropy():
-    # For continuous N(0, I) data, E[bpd] = h / ln 2 = log2(2 pi e) / 2 bits per dimension.
-    d = 4
-    x = torch.randn(20000, d, generator=torch.Generator().manual_seed(1), dtype=F64)
-    logp = -0.5 * x.pow(2).sum(1) - 0.5 * d * math.log(2 * math.pi)
-    bits = bits_per_dim(logp, d, num_levels=None)
-    # std of bpd = sqrt(d/2)/(d ln2) ~ 0.51; 4 standard errors of the mean ~ 0.015.
-    assert abs(float(bits.mean()) - 0.5 * math.log2(2 * math.pi * math.e)) < 0.015
-
-
 def test_result_bpd_and_dequantize_pair_up():
     levels = torch.randint(0, 256, (1000, 5), generator=torch.Generator().manual_seed(2))
     x = dequantize(levels, 256, -1.0, 1.0, generator=torch.Generator().manual_seed(3), dtype=F64)
@@ -287,76 +246,6 @@ def test_result_bpd_and_dequantize_pair_up():
     oracle, sde = ring(), sd.VPSDE()
     res = log_likelihood(oracle.score_fn(sde), sde, draw(oracle, 8), eps=EPS, rtol=1e-4, atol=1e-4)
     assert torch.allclose(res.bpd(256, -1.0, 1.0), -res.logp / (2 * math.log(2)) + 7.0)
-
-
-def test_bpd_bad_input():
-    with pytest.raises(ValueError, match="dim"):
-        bits_per_dim(torch.zeros(2), 0)
-    with pytest.raises(ValueError, match="num_levels"):
-        bits_per_dim(torch.zeros(2), 2, num_levels=1)
-    with pytest.raises(ValueError, match="low"):
-        bits_per_dim(torch.zeros(2), 2, low=1.0, high=1.0)
-    with pytest.raises(ValueError, match="NaN"):
-        bits_per_dim(torch.tensor([float("nan")]), 2)
-
-
-# ------------------------------------------------------------------ evaluate
-def test_evaluate_batches_tensors_and_iterables():
-    oracle, sde = ring(), sd.VPSDE()
-    x = draw(oracle, 16, seed=8)
-    kw = dict(eps=EPS, rtol=1e-5, atol=1e-5)
-    ev = evaluate(oracle.score_fn(sde), sde, x, batch_size=8, progress=False, bpd=True, num_levels=None, **kw)
-    assert ev.logp.shape == (16,)
-    assert ev.mean_logp == pytest.approx(float(ev.logp.mean()))
-    assert ev.mean_nll == pytest.approx(-ev.mean_logp)
-    assert ev.stderr == pytest.approx(float(ev.logp.std()) / math.sqrt(16))
-    assert ev.mean_bpd == pytest.approx(float(-ev.logp.mean() / (2 * math.log(2))))
-    # Each batch is an independent solve, held to the 1e-3-nat bar of issue 4 on the mean.
-    assert (ev.logp - oracle.marginal_log_prob(x, EPS, sde)).abs().mean() < 1e-3
-    ev2 = evaluate(oracle.score_fn(sde), sde, list(x.split(5)), batch_size=8, progress=False, **kw)
-    assert torch.equal(ev.logp, ev2.logp)
-    with pytest.raises(ValueError, match="batch_size"):
-        evaluate(oracle.score_fn(sde), sde, x, batch_size=0)
-    with pytest.raises(ValueError, match="empty"):
-        evaluate(oracle.score_fn(sde), sde, [], batch_size=4)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dist_worker(rank: int, world: int, port: int, out_path: str) -> None:
-    import torch.distributed as dist
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        oracle, sde = ring(), sd.VPSDE()
-        x = draw(oracle, 24, seed=9)
-        hutch = evaluate(oracle.score_fn(sde), sde, x, batch_size=8, progress=False, eps=EPS,
-                         trace="rademacher", generator=torch.Generator().manual_seed(1))
-        torch.save({"hutch": hutch.logp, "nfe": hutch.nfe}, f"{out_path}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.distributed
-def test_evaluate_two_processes_match_one(tmp_path):
-    import torch.multiprocessing as mp
-    out = str(tmp_path / "res")
-    mp.spawn(_dist_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    oracle, sde = ring(), sd.VPSDE()
-    x = draw(oracle, 24, seed=9)
-    hutch = evaluate(oracle.score_fn(sde), sde, x, batch_size=8, progress=False, eps=EPS,
-                     trace="rademacher", generator=torch.Generator().manual_seed(1))
-    for rank in range(2):
-        got = torch.load(f"{out}.{rank}")
-        # Same batches, same per-batch probe seeds: the same numbers (to round-off), on every rank.
-        assert got["hutch"].shape == (24,)
-        assert torch.allclose(got["hutch"], hutch.logp, rtol=0, atol=1e-10)
-        assert got["nfe"] == hutch.nfe
-    assert os.path.exists(f"{out}.1")
 
 
 # ------------------------------------------------ solver options: error norm, fresh probes
@@ -379,11 +268,11 @@ def test_per_example_norm_bounds_the_worst_example():
 
 
 def test_small_d_loop_and_vectorized_exact_trace_agree(monkeypatch):
-    import sdediff.likelihood as lk
+    from sdediff.likelihood import trace_estimators
     oracle, sde = ring(), sd.VPSDE()
     x = draw(oracle, 50, seed=3)
     a = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-4, atol=1e-4)
-    monkeypatch.setattr(lk, "_EXACT_LOOP_MAX_DIM", 0)  # force the vmapped path
+    monkeypatch.setattr(trace_estimators, "EXACT_LOOP_MAX_DIM", 0)  # force the vmapped path
     b = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-4, atol=1e-4)
     # The same d VJPs computed two ways: equal to round-off, so the solver takes the same steps.
     assert a.nfe == b.nfe
@@ -427,138 +316,3 @@ def test_fresh_probes_are_unbiased_and_cut_the_variance():
     assert est[True].std(0).mean() < est[False].std(0).mean() / 1.3, (est[True].std(0), est[False].std(0))
     with pytest.raises(ValueError, match="fresh_probes"):
         log_likelihood(oracle.score_fn(sde), sde, x, fresh_probes=True)
-
-
-# ------------------------------------------------------------------ quadrature path
-def test_quadrature_exact_trace_converges_on_the_ring():
-    oracle, sde = ring(), sd.VPSDE()
-    x = draw(oracle, 300, seed=8)
-    exact = oracle.marginal_log_prob(x, EPS, sde)
-    errs = {}
-    for n in (48, 128):
-        res = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-5, atol=1e-5,
-                             quadrature=n, prior_logp=exact_prior(oracle, sde))
-        errs[n] = float((res.logp - exact).abs().mean())
-        assert res.nfe > n and torch.allclose(res.logp, res.prior_logp + res.delta_logp)
-    # Gauss-Legendre in log-SNR converges geometrically: measured 1.2e-2 at n = 48 and
-    # 6e-5 at n = 128 (the trajectory at rtol 1e-5 adds ~4e-5).
-    assert errs[128] <= 2e-4, errs
-    assert errs[128] < errs[48] / 20, errs
-
-
-@pytest.mark.parametrize("quadrature", [128, "steps"])
-@pytest.mark.parametrize("name", ["subvp", "ve", "linear"])
-def test_quadrature_on_every_linear_sde(name, quadrature):
-    sde = {"subvp": sd.SubVPSDE(), "ve": sd.VESDE(sigma_min=0.01, sigma_max=10.0),
-           "linear": sd.LinearSDE(f=lambda t: -0.5 * (0.1 + 12 * t ** 2),
-                                  g=lambda t: (0.1 + 12 * t ** 2).sqrt())}[name]
-    oracle = ring()
-    x = draw(oracle, 100, seed=2)
-    ode = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-5, atol=1e-5)
-    quad = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-5, atol=1e-5, quadrature=quadrature)
-    # The exact d log(a(T)/a(eps)) term, and dt/dlambda = -2 s^2/g^2 for the log-SNR rule,
-    # hold for any linear SDE: the two paths agree to the accuracy of each (measured <= 5e-4
-    # mean on these SDEs).
-    assert (quad.logp - ode.logp).abs().mean() <= 2e-3
-    assert torch.allclose(quad.z, ode.z, atol=3e-3)
-
-
-@pytest.mark.parametrize("quad", [dict(quadrature=48, probes=4),
-                                  dict(quadrature="steps", probes=2, error_norm="per_example")],
-                         ids=["log-snr-48-nodes", "steps"])
-def test_quadrature_hutchinson_is_unbiased_and_less_noisy(quad):
-    oracle, sde = ring(), sd.VPSDE()
-    f = oracle.score_fn(sde)
-    x = draw(oracle, 4, seed=4)
-    reps = 50
-    xr = x.repeat(reps, 1)
-    kw = dict(eps=EPS, rtol=1e-4, atol=1e-4)
-    nodes = {k: v for k, v in quad.items() if k != "probes"}
-    # The nodes depend on x alone (the steps too), so the exact trace sees the same ones.
-    exact_quad = log_likelihood(f, sde, x, **nodes, **kw).logp
-    est = log_likelihood(f, sde, xr, trace="rademacher", generator=torch.Generator().manual_seed(5),
-                         **quad, **kw).logp.reshape(reps, -1)
-    fixed = log_likelihood(f, sde, xr, trace="rademacher", generator=torch.Generator().manual_seed(5),
-                           **kw).logp.reshape(reps, -1)
-    mean, se = est.mean(0), est.std(0) / math.sqrt(reps)
-    # Unbiased for its quadrature: the 50-draw mean within 3 SE of the exact-trace quadrature.
-    assert ((mean - exact_quad).abs() <= 3 * se + 1e-3).all(), (mean - exact_quad, se)
-    # Probes drawn afresh at every node, vs one probe held along the ODE solve: measured
-    # 3.4-3.7x lower std (48 nodes x 4 probes) and 4.7-5.2x (steps, ~40 nodes x 2 probes)
-    # over 1,000 ring points; 2.5x asked of these 4.
-    assert est.std(0).mean() < fixed.std(0).mean() / 2.5, (est.std(0), fixed.std(0))
-
-
-def test_quadrature_is_reproducible_and_checks_its_arguments():
-    oracle, sde = ring(), sd.VPSDE()
-    x = draw(oracle, 10)
-    run = lambda s: log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, trace="gaussian",  # noqa: E731
-                                   quadrature=16, rtol=1e-3, atol=1e-3,
-                                   generator=torch.Generator().manual_seed(s)).logp
-    assert torch.equal(run(3), run(3))
-    assert not torch.equal(run(3), run(4))
-    for bad in (1, 0, True, 2.5, "48"):
-        with pytest.raises(ValueError, match="quadrature"):
-            log_likelihood(oracle.score_fn(sde), sde, x, quadrature=bad)
-    with pytest.raises(ValueError, match="LinearSDE"):
-        log_likelihood(oracle.score_fn(sde), _GenericVP(), x, quadrature=16)
-    with pytest.raises(ValueError, match="fresh_probes"):
-        log_likelihood(oracle.score_fn(sde), sde, x, trace="rademacher", quadrature=16, fresh_probes=True)
-
-
-# ------------------------------------------------------- quadrature on the solver's steps
-def test_steps_quadrature_meets_1e4_nats_on_the_ring_and_converges():
-    oracle, sde = ring(), sd.VPSDE()
-    x = draw(oracle, 400, seed=11)
-    exact = oracle.marginal_log_prob(x, EPS, sde)
-    errs, solver_errs = {}, {}
-    for tol in (1e-3, 3e-5):
-        res = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=tol, atol=tol,
-                             error_norm="per_example", quadrature="steps")
-        p_T = oracle.marginal_log_prob(res.z, sde.T, sde)
-        errs[tol] = float((res.logp - exact).abs().mean())
-        solver_errs[tol] = float((res.delta_logp + p_T - exact).abs().mean())
-        assert torch.allclose(res.logp, res.prior_logp + res.delta_logp)
-    # Issue 4's 2-D bar, <= 1e-4 nats per example with the N(0, I) prior (measured 5e-5 on
-    # 1,000 points at rtol 3e-5, of which 3e-5 is the prior mismatch).
-    assert errs[3e-5] <= 1e-4, errs
-    # 3-point Gauss-Legendre per 5th-order step: the error falls with the tolerance
-    # (measured 30x for 33x tighter); ask for 5x.
-    assert solver_errs[3e-5] < solver_errs[1e-3] / 5, solver_errs
-
-
-def test_steps_quadrature_on_the_64d_mixture_reaches_the_prior_floor():
-    oracle, sde = mixture64(), sd.VPSDE()
-    x = draw(oracle, 12, seed=3)
-    exact = oracle.marginal_log_prob(x, EPS, sde)
-    res = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-5, atol=1e-5,
-                         error_norm="per_example", quadrature="steps")
-    p_T = oracle.marginal_log_prob(res.z, sde.T, sde)
-    floor = (res.prior_logp - p_T).abs().mean()
-    # As for the ODE path at issue 4's rtol = atol = 1e-5: the solver's share <= 1e-2 per
-    # example (measured max 3e-3 here), the total within 10% of the prior-mismatch floor
-    # plus that share.
-    assert (res.delta_logp + p_T - exact).abs().max() <= 1e-2
-    assert (res.logp - exact).abs().mean() <= 1.1 * floor + 3e-3
-
-
-def test_steps_quadrature_checks_its_arguments():
-    oracle, sde = ring(), sd.VPSDE()
-    x = draw(oracle, 10)
-    f = oracle.score_fn(sde)
-    four = log_likelihood(f, sde, x, eps=EPS, quadrature="steps", nodes_per_step=4, rtol=1e-3, atol=1e-3)
-    three = log_likelihood(f, sde, x, eps=EPS, quadrature="steps", rtol=1e-3, atol=1e-3)
-    assert four.nfe > three.nfe  # one more node on every step
-    for bad in (0, -1, True, 2.0):
-        with pytest.raises(ValueError, match="nodes_per_step"):
-            log_likelihood(f, sde, x, quadrature="steps", nodes_per_step=bad)
-    with pytest.raises(ValueError, match="nodes_per_step applies"):
-        log_likelihood(f, sde, x, quadrature=16, nodes_per_step=4)
-    with pytest.raises(ValueError, match="quadrature"):
-        log_likelihood(f, sde, x, quadrature="step")
-    with pytest.raises(ValueError, match="dopri5"):
-        log_likelihood(f, sde, x, quadrature="steps", method="rk4", options={"step_size": 0.1})
-    with pytest.raises(ValueError, match="dopri5"):
-        log_likelihood(f, sde, x, quadrature="steps", options={"first_step": 1e-3})
-    with pytest.raises(ValueError, match="LinearSDE"):
-        log_likelihood(f, _GenericVP(), x, quadrature="steps")

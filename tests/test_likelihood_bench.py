@@ -1,15 +1,10 @@
 """The likelihood benchmark's exact-trace accounting: trace nodes counted, one node timed."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import sdediff as sd
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-bench = pytest.importorskip("benchmarks.likelihood")
+from sdediff.bench import likelihood as bench
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +50,7 @@ def test_node_budget_line():
              "trace_nodes": 40.0},
             {"problem": "mix64d", "estimator": "exact, b", "rtol": 1e-3, "err": 5e-2, "floor": 1.44e-2,
              "trace_nodes": 20.0}]
-    (line,) = bench._node_budget("mix64d", rows, ref, "bar")
+    (line,) = bench.node_budget("mix64d", rows, ref, "bar")
     assert "12.5 nodes" in line and "exact, a" in line and "3.20x" in line
 
 

@@ -276,8 +276,12 @@ def _diagonal_divergence(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor
         raise ValueError(f"noise_type='diagonal' needs a diffusion of x's shape {tuple(x.shape)}, "
                          f"got {tuple(diffusion.shape)}")
     with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        (div,) = torch.autograd.grad(sde.sde(xg, t)[1].pow(2).sum(), xg, allow_unused=True)
+        # Inside a likelihood solve x itself requires grad: keep the graph so that the
+        # divergence of this term is differentiated too.
+        outer = x.requires_grad
+        xg = x if outer else x.detach().requires_grad_(True)
+        (div,) = torch.autograd.grad(sde.sde(xg, t)[1].pow(2).sum(), xg, create_graph=outer,
+                                     allow_unused=True)
     if div is None:
         div = torch.zeros_like(x)
     return drift, diffusion, div
