@@ -165,8 +165,8 @@ def test_brownian_tree_output_independent_of_batch():
 
 def test_brownian_tree_increments_are_brownian():
     """The counter-based tree: increments over a grid are N(0, h) and independent."""
-    from sdediff.samplers.sde import _CounterBrownianTree
-    bm = _CounterBrownianTree(1.0, list(range(4000)), 2, torch.float64, "cpu")
+    from sdediff.samplers.brownian import CounterBrownianTree
+    bm = CounterBrownianTree(1.0, list(range(4000)), 2, torch.float64, "cpu")
     w = torch.stack([bm(0.0, t) for t in (0.3, 0.7, 1.0)])  # (3, B, d)
     inc = torch.stack([w[0], w[1] - w[0], w[2] - w[1]])
     var = inc.reshape(3, -1).var(dim=1)

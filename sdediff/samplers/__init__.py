@@ -4,25 +4,31 @@ A sampler is a function registered with :func:`register_sampler`::
 
     @register_sampler("my_sampler", nfe_per_step=1, order=1, stochastic=False)
     def my_sampler(score, sde, x, ts, *, generator=None, progress=False, callback=None, **options):
-        ...  # x is the prior draw at ts[0] = T; return the state at ts[-1] = eps
+        ...  # x is the state at ts[0] (the prior draw); return the state at ts[-1]
 
 ``score`` is the user's score function wrapped by :class:`GuardedScore` (it counts
 evaluations and reports NaNs with the step); ``ts`` is a decreasing float64 grid of
-``steps + 1`` times from ``T`` to ``eps``. :func:`sample` validates everything
-before it runs, draws the prior, and applies the optional final denoising step.
+times in ``(0, T]``, from ``T`` to ``eps`` for the named grids. ``generator`` is the
+run's randomness: a ``torch.Generator`` or ``None`` (torch's global generator), or, under
+``sample(seeds=...)``, a per-example noise source; draw through
+``sdediff._random.as_noise(generator).randn_like(x)``, which handles all of them.
+:func:`sample` validates everything before it runs, draws the prior, and applies the
+optional final denoising step (or the landing on ``t = 0`` of a grid ending there).
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .._checks import all_finite
+from .._random import SeededNoise, as_generator, check_seeds
 from ..sde import SDE, LinearSDE
-from ._common import GRIDS, GuardedScore, time_grid, tweedie
+from ..sde.base import _check_shape
+from ._common import GuardedScore, ScoreNotFiniteError, check_eps, check_steps, custom_grid, time_grid, tweedie
 
 __all__ = ["sample", "register_sampler", "available_samplers", "SamplerInfo", "time_grid", "GuardedScore",
            "schedule", "exponential_weights"]
@@ -76,29 +82,50 @@ def available_samplers() -> dict[str, SamplerInfo]:
 
 
 def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sampler: str = "pc",
-           steps: int = 500, generator: torch.Generator | None = None, eps: float = 1e-3,
-           denoise: bool = True, progress: bool = False, grid: str = "uniform",
-           callback: Callable | None = None, x_T: Tensor | None = None,
-           dtype: torch.dtype | None = None, device=None, return_nfe: bool = False,
-           check_finite: bool = True, **options):
+           steps: int | None = None, generator: torch.Generator | int | None = None,
+           eps: float | None = None, denoise: bool = True, progress: bool = False,
+           grid: str | Tensor | Sequence[float] = "uniform", callback: Callable | None = None,
+           x_T: Tensor | None = None, dtype: torch.dtype | None = None, device=None,
+           return_nfe: bool = False, check_finite: bool = True, seeds=None, **options):
     """Draw samples by integrating from the prior at ``T`` down to ``eps``.
 
     Args:
-        score_fn: ``score_fn(x, t) -> tensor like x`` with ``t`` of shape ``(B,)``.
+        score_fn: ``score_fn(x, t) -> tensor like x`` with ``t`` of shape ``(B,)``; it must
+            return ``x``'s dtype (no silent casts: another dtype is a ``TypeError``).
         sde: the forward SDE the score belongs to.
-        shape: the output shape, batch first, e.g. ``(1000, 2)``.
+        shape: the output shape, batch first, e.g. ``(1000, 2)``: positive ints.
         sampler: a name from :func:`available_samplers`.
-        steps: number of steps (intervals of the time grid), ``>= 1``; adaptive
+        steps: number of steps (intervals of the time grid), an int ``>= 1``; default 500,
+            or ``len(grid) - 1`` for a custom grid (giving both, they must agree). Adaptive
             samplers read it as the number of output grid points only.
-        generator: the source of all randomness (the prior draw and any noise).
-        eps: the final time, in ``(0, T)``.
+        generator: the source of all randomness (the prior draw and any noise): a
+            ``torch.Generator``, an int seed (a fresh generator seeded with it) or ``None``
+            (torch's global generator).
+        eps: the final time, in ``(0, T)`` (default ``1e-3``); a custom grid ends where it ends.
         denoise: apply Tweedie's formula ``E[x0 | x_eps]`` at the end (one more NFE;
-            linear SDEs only).
+            linear SDEs only). Ignored by a grid ending at ``0``, which lands there through
+            the denoiser already.
         progress: show a progress bar.
-        grid: the time grid: one of ``"uniform"``, ``"quadratic"``, ``"karras"``, ``"logsnr"``.
+        grid: the time grid: one of ``"uniform"``, ``"quadratic"``, ``"karras"``, ``"logsnr"``
+            (from ``T`` down to ``eps``), or the times themselves: a 1-D tensor or sequence,
+            strictly decreasing, within ``[0, T]``. Its first time ``grid[0] <= T`` is where
+            the prior draw is placed: the draw is the prior ``N(0, prior_std^2 I)`` at ``T``
+            whatever ``grid[0]`` is, as diffusers places ``randn * init_noise_sigma`` at its
+            first timestep (e.g. ``t = 0.981`` for DDIM's 50 "leading" steps of 1000, where
+            ``std(t)`` and ``prior_std`` agree to 1e-4 under VP); with ``x_T`` the given state
+            is placed there. A grid ending at ``0`` takes its last step, from ``grid[-2]``
+            onto ``t = 0``, through the denoiser: ``x_0 = E[x0 | x_{grid[-2]}]`` (Tweedie,
+            one NFE, linear SDEs), which is DDIM's last step with ``set_alpha_to_one=True``
+            and DPM-Solver's onto ``sigma = 0``.
         callback: called as ``callback(step=i, t=t, x=x, denoised=...)`` after each step.
-        x_T: start from this state instead of a prior draw (its shape must equal ``shape``).
-        dtype, device: of the prior draw (default: the default dtype; the generator's device).
+        x_T: start from this state instead of a prior draw: a finite floating tensor of
+            ``shape``.
+        dtype, device: of the prior draw (default: ``x_T``'s, else the default dtype and the
+            generator's device). ``torch.float16`` / ``torch.bfloat16`` (or such an ``x_T``):
+            the state and all sampler arithmetic run in float32, ``score_fn`` receives ``x`` and
+            ``t`` cast to the requested dtype and must return it, and the samples are
+            returned in it (half-precision arithmetic over hundreds of steps would drift by
+            O(1) on the 2-D ring).
         return_nfe: also return the number of score evaluations used.
         check_finite: name the step and time at which ``score_fn`` first returned
             NaN/inf. The run itself checks only the returned samples (no per-evaluation
@@ -106,7 +133,16 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
             same random state with every score output checked, which raises at the first
             bad evaluation. A failing run so costs up to twice its NFE, a good one
             nothing; replaying calls ``score_fn`` again and so assumes it is deterministic.
+            If every score output of the replay is finite and its samples still are not,
+            the sampler's own arithmetic overflowed, and the error says so.
             ``False`` skips the replay: NaN/inf samples raise without naming the step.
+        seeds: one int per example (a sequence of ``shape[0]`` ints or a 1-D integer tensor):
+            each example draws its prior sample and every noise from its own stream
+            (:class:`sdediff._random.SeededNoise`), so its result depends on its seed only,
+            not on its batch-mates, the batch size or the process count (up to the score's
+            own batch dependence, e.g. BLAS blocking). Not with ``generator``. Samplers whose
+            noise couples the batch refuse it (``pc``/``langevin`` with ``norm="batch"``,
+            ``sde`` with ``brownian="interval"``); ``sde`` uses per-example Brownian trees.
         **options: the sampler's own options (see its docstring).
 
     Returns:
@@ -114,9 +150,12 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
 
     Raises:
         ValueError: an unknown sampler (the message lists the available ones), bad
-            ``steps``/``eps``/``grid``/``shape``, or a ``score_fn`` of the wrong output shape.
+            ``steps``/``eps``/``grid``/``shape``/``seeds``, ``seeds`` with ``generator``, a
+            non-finite ``x_T``, or a ``score_fn`` of the wrong output shape.
+        TypeError: a non-floating ``x_T`` or ``dtype``, or a ``score_fn`` output of another dtype.
         FloatingPointError: the samples are not finite; the message names the step and
-            time at which ``score_fn`` first returned NaN/inf (unless ``check_finite=False``).
+            time at which ``score_fn`` first returned NaN/inf (unless ``check_finite=False``),
+            or says that the sampler overflowed although every score output was finite.
     """
     info = _REGISTRY.get(sampler)
     if info is None:
@@ -126,37 +165,53 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
         raise TypeError(f"sde must be an sdediff SDE, got {type(sde).__name__}")
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable, got {type(score_fn).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps!r}")
-    if grid not in GRIDS:
-        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+    shape = _check_shape(shape)
+    ts, land_at_zero = _resolve_grid(sde, grid, steps, eps)
+    steps = len(ts) - 1 + land_at_zero
     if info.linear_only and not isinstance(sde, LinearSDE):
         raise ValueError(f"sampler {sampler!r} needs a LinearSDE (scale/std); for "
                          f"{type(sde).__name__} use sampler='sde' or sampler='ode'")
+    if land_at_zero and not isinstance(sde, LinearSDE):
+        raise ValueError("a grid ending at t = 0 lands there through the denoiser (Tweedie's "
+                         f"formula uses scale/std), which needs a LinearSDE, got {type(sde).__name__}")
+    denoise = denoise and not land_at_zero
     if denoise and not isinstance(sde, LinearSDE):
         raise ValueError("denoise=True needs a LinearSDE (Tweedie's formula uses scale/std); "
                          "pass denoise=False")
-    if x_T is not None and tuple(x_T.shape) != tuple(shape):
-        raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x_T.shape)}")
+    out_dtype = _check_dtype(x_T, dtype, shape)
+    io_dtype = out_dtype if out_dtype in _HALF else None
+    work_dtype = torch.float32 if io_dtype is not None else out_dtype
+    if seeds is not None:
+        if generator is not None:
+            raise ValueError("pass generator or seeds, not both: seeds gives every example its own "
+                             "random stream, generator one stream for the batch")
+        seeds = check_seeds(seeds, shape[0])
+    else:
+        generator = as_generator(generator, x_T.device if x_T is not None else device)
     # The random state to replay a failing run from (only needed to name the failing step).
-    rng = _RandomState(generator, x_T.device if x_T is not None else device) if check_finite else None
+    rng = _RandomState(generator, x_T.device if x_T is not None else device) \
+        if check_finite and seeds is None else None
 
     def run(checked: bool, progress: bool, callback: Callable | None) -> tuple[Tensor, int]:
-        if x_T is None:
-            x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
+        noise = SeededNoise(seeds) if seeds is not None else generator
+        if x_T is not None:
+            x = x_T.to(work_dtype, copy=True)
+        elif seeds is not None:
+            x = _seeded_prior(sde, shape, noise, work_dtype, device)
         else:
-            x = x_T.clone()
-        ts = time_grid(sde, steps, eps=float(eps), kind=grid, device=x.device)
-        score = GuardedScore(score_fn, check_finite=checked)
+            x = sde.prior_sampling(shape, generator=generator, dtype=work_dtype, device=device)
+        grid_ts = ts.to(x.device)
+        score = GuardedScore(score_fn, check_finite=checked, io_dtype=io_dtype)
         with torch.no_grad():
-            x = info.fn(score, sde, x, ts, generator=generator, progress=progress,
-                        callback=callback, **options)
-            if denoise:
-                score.step = steps
-                t_end = ts[-1:].to(torch.float64)
+            if len(grid_ts) > 1:
+                x = info.fn(score, sde, x, grid_ts, generator=noise, progress=progress,
+                            callback=callback, **options)
+            if denoise or land_at_zero:
+                score.step = steps - 1 if land_at_zero else steps
+                t_end = grid_ts[-1:].to(torch.float64)
                 x = tweedie(score, x, float(t_end), float(sde.scale(t_end)), float(sde.std(t_end)))
+                if land_at_zero and callback is not None:
+                    callback(step=steps - 1, t=0.0, x=x, denoised=x)
         return x, score.nfe
 
     try:
@@ -168,12 +223,82 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
         if not check_finite:
             raise FloatingPointError(f"{failure}; rerun with check_finite=True to find the step "
                                      "where the score failed")
-        rng.restore()
-        run(True, False, None)  # raises at the first non-finite score output
+        if rng is not None:
+            rng.restore()
+        try:
+            replay, _ = run(True, False, None)  # raises at the first non-finite score output
+            overflowed = not all_finite(replay)
+        except ScoreNotFiniteError:
+            raise
+        except FloatingPointError:
+            overflowed = True
+        if overflowed:
+            raise FloatingPointError(
+                f"{failure}: the samples overflowed to inf/NaN although every score output was "
+                f"finite (a replay checked each one), so the sampler's own arithmetic in "
+                f"{work_dtype} overflowed; sample in torch.float64, or check the score's scale "
+                f"and the SDE's coefficients")
         raise FloatingPointError(f"{failure}, but a replay from the same random state with every "
                                  "score output checked did not reproduce it: score_fn (or the "
                                  "random state) is not deterministic")
+    if io_dtype is not None:
+        x = x.to(io_dtype)
     return (x, nfe) if return_nfe else x
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _check_dtype(x_T: Tensor | None, dtype, shape: tuple[int, ...]) -> torch.dtype:
+    """The dtype of the samples; ``x_T`` and ``dtype`` checked (floating, finite, the shape)."""
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch dtype (e.g. torch.float32), got {dtype!r}")
+    if x_T is None:
+        return dtype if dtype is not None else torch.get_default_dtype()
+    if not isinstance(x_T, Tensor):
+        raise TypeError(f"x_T must be a tensor, got {type(x_T).__name__}")
+    if not x_T.dtype.is_floating_point:
+        raise TypeError(f"x_T must be a floating tensor, got dtype {x_T.dtype}; cast it, e.g. "
+                        "x_T.float()")
+    if tuple(x_T.shape) != shape:
+        raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
+    if dtype is not None and dtype != x_T.dtype:
+        raise ValueError(f"dtype={dtype} disagrees with x_T's dtype {x_T.dtype}; pass one of them")
+    if not all_finite(x_T):
+        raise ValueError("x_T holds NaN or inf; the starting state must be finite")
+    return x_T.dtype
+
+
+def _resolve_grid(sde: SDE, grid, steps, eps) -> tuple[Tensor, bool]:
+    """The float64 grid a sampler runs on and whether the run then lands on ``t = 0``."""
+    if isinstance(grid, str):
+        steps = check_steps(500 if steps is None else steps)
+        eps = check_eps(1e-3 if eps is None else eps, sde.T)
+        return time_grid(sde, steps, eps=eps, kind=grid), False
+    ts = custom_grid(sde, grid)
+    if steps is not None and check_steps(steps) != len(ts) - 1:
+        raise ValueError(f"steps={steps} disagrees with the grid's {len(ts) - 1} intervals; "
+                         "omit steps (a custom grid sets it)")
+    if eps is not None and float(eps) != float(ts[-1]):
+        raise ValueError(f"eps={eps} disagrees with the grid's last time {float(ts[-1]):.6g}; "
+                         "omit eps (a custom grid sets it)")
+    if float(ts[-1]) == 0.0:
+        return ts[:-1], True
+    return ts, False
+
+
+def _seeded_prior(sde: SDE, shape: tuple[int, ...], noise: SeededNoise, dtype, device) -> Tensor:
+    """The prior draw under ``seeds=``: example ``j``'s from its own stream.
+
+    A linear SDE's prior ``N(0, prior_std^2 I)`` is the streams' first draw times
+    ``prior_std`` (vectorized); any other SDE's ``prior_sampling`` is called once per
+    example with a generator seeded from the example's stream.
+    """
+    if isinstance(sde, LinearSDE):
+        return noise.randn(shape, dtype=torch.float64, device=device).mul_(sde.prior_std).to(dtype)
+    return torch.cat([sde.prior_sampling((1, *shape[1:]), generator=as_generator(k, device),
+                                         dtype=dtype, device=device) for k in noise.int_seeds()])
 
 
 class _RandomState:
@@ -204,6 +329,6 @@ def _nfe_text(info: SamplerInfo) -> str:
 
 
 # Importing the sampler modules runs their ``@register_sampler`` decorators.
-from . import correctors, ddim, dpm_solver, edm, ode, pc, predictors, sde  # noqa: E402,F401
+from . import adaptive, correctors, ddim, dpm_solver, edm, ode, pc, predictors, sde, unipc  # noqa: E402,F401
 from .ddim import schedule  # noqa: E402
-from .dpm_solver import _weights as exponential_weights  # noqa: E402
+from .dpm_solver import exponential_weights  # noqa: E402

@@ -19,16 +19,21 @@ def time_grid(sde: SDE, steps: int, eps: float = 1e-3, kind: str = "uniform", rh
 
     Args:
         sde: the forward SDE (``karras`` and ``logsnr`` need a :class:`LinearSDE`).
-        steps: number of intervals, ``>= 1``.
+        steps: number of intervals, an int ``>= 1``.
         eps: the last time, in ``(0, T)``.
         kind: ``"uniform"`` in ``t``; ``"quadratic"`` (``t - eps`` proportional to
             ``(i/N)^2``, dense near the data); ``"karras"`` (Karras et al. 2022, eq. 5:
             noise levels ``sigma = std/scale`` uniform in ``sigma^(1/rho)``); ``"logsnr"``
             (uniform in ``lambda = log(scale/std)``, as DPM-Solver uses).
         rho: the Karras exponent.
+
+    Raises:
+        ValueError: an unknown ``kind``, ``steps`` not an int ``>= 1``, or ``eps`` outside ``(0, T)``.
     """
     if kind not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got {kind!r}")
+    check_steps(steps)
+    check_eps(eps, sde.T)
     T = sde.T
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)  # 0 at T, 1 at eps
     if kind == "uniform":
@@ -51,17 +56,69 @@ def time_grid(sde: SDE, steps: int, eps: float = 1e-3, kind: str = "uniform", rh
     return ts.to(dtype=dtype, device=device)
 
 
+def check_steps(steps) -> int:
+    """``steps`` as an int ``>= 1`` (``ValueError`` naming ``steps`` otherwise)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    return steps
+
+
+def check_eps(eps, T: float) -> float:
+    """``eps`` as a float in ``(0, T)`` (``ValueError`` naming ``eps`` otherwise)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < T:
+        raise ValueError(f"eps must lie in (0, T) = (0, {T}), got {eps!r}")
+    return float(eps)
+
+
+def custom_grid(sde: SDE, grid) -> Tensor:
+    """A user's time grid (1-D tensor or sequence) checked and returned as a float64 CPU tensor.
+
+    The grid must hold at least 2 finite times, strictly decreasing, within ``[0, T]``;
+    its first time is any time in ``(0, T]`` and only its last may be ``0``.
+
+    Raises:
+        ValueError: naming ``grid``, for anything else.
+    """
+    try:
+        ts = torch.as_tensor(grid.detach().cpu() if isinstance(grid, Tensor) else grid,
+                             dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"grid must be one of {GRIDS} or a 1-D sequence of decreasing times, "
+                         f"got {type(grid).__name__}") from err
+    if ts.dim() != 1 or ts.numel() < 2:
+        raise ValueError(f"grid must be a 1-D sequence of at least 2 times, got shape {tuple(ts.shape)}")
+    if not bool(torch.isfinite(ts).all()):
+        raise ValueError("grid must hold finite times, got NaN or inf")
+    if not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError("grid must be strictly decreasing (from the prior's time down to the last)")
+    if float(ts[-1]) < 0.0 or float(ts[0]) > sde.T * (1 + 1e-12):
+        raise ValueError(f"grid must lie in [0, T] = [0, {sde.T}], got times in "
+                         f"[{float(ts[-1]):.6g}, {float(ts[0]):.6g}]")
+    return ts.clamp(max=sde.T)
+
+
+class ScoreNotFiniteError(FloatingPointError):
+    """``score_fn`` returned NaN or inf (raised by a checking :class:`GuardedScore`)."""
+
+
 class GuardedScore:
     """Wrap a score function: count evaluations, check shape and finiteness, name the step.
 
     Sampler code calls ``score(x, t)`` with ``t`` a float or a tensor; the wrapper
-    passes a ``(B,)`` tensor to the user's function.
+    passes a ``(B,)`` tensor to the user's function. ``score_fn`` must return a tensor of
+    ``x``'s shape and dtype (a ``TypeError`` names another dtype: no silent casts).
+
+    With ``io_dtype`` (half-precision sampling) the sampler's state stays in its own
+    dtype (float32) while ``score_fn`` sees ``x`` and ``t`` cast to ``io_dtype`` and must
+    return ``io_dtype``; its output is cast back to the state's dtype.
     """
 
-    def __init__(self, score_fn: Callable[[Tensor, Tensor], Tensor], check_finite: bool = True):
+    def __init__(self, score_fn: Callable[[Tensor, Tensor], Tensor], check_finite: bool = True,
+                 io_dtype: torch.dtype | None = None):
         self.score_fn = score_fn
         self.nfe = 0
         self.check_finite = check_finite
+        self.io_dtype = io_dtype
         self.step: int | None = None
         self._last_t: tuple | None = None  # (key, tensor): multistage steps reuse one t
 
@@ -77,17 +134,23 @@ class GuardedScore:
 
     def __call__(self, x: Tensor, t) -> Tensor:
         t_vec = self._time_vector(x, t)
-        out = self.score_fn(x, t_vec)
+        x_in = x
+        if self.io_dtype is not None:
+            x_in, t_vec = x.to(self.io_dtype), t_vec.to(self.io_dtype)
+        out = self.score_fn(x_in, t_vec)
         self.nfe += 1
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"score_fn must return a tensor of x's shape {tuple(x.shape)}, got {got}")
+        if out.dtype != x_in.dtype:
+            raise TypeError(f"score_fn returned dtype {out.dtype} for x of dtype {x_in.dtype}; it must "
+                            f"return x's dtype (cast inside score_fn, or sample with dtype={out.dtype})")
         if self.check_finite and not all_finite(out):
             where = f"step {self.step}, " if self.step is not None else ""
-            raise FloatingPointError(
+            raise ScoreNotFiniteError(
                 f"score_fn returned NaN or inf at {where}t = {float(t_vec.flatten()[0]):.6g} "
                 f"(evaluation {self.nfe})")
-        return out
+        return out if self.io_dtype is None else out.to(x.dtype)
 
 
 def tweedie(score: Callable, x: Tensor, t: float, a: float, s: float) -> Tensor:
@@ -97,7 +160,3 @@ def tweedie(score: Callable, x: Tensor, t: float, a: float, s: float) -> Tensor:
     """
     return torch.add(x, score(x, t), alpha=s * s).div_(a)
 
-
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise of ``x``'s shape, dtype and device from ``generator``."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

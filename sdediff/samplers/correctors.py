@@ -1,6 +1,6 @@
 """Correctors: Markov-chain steps that leave the marginal ``p_t`` (approximately) invariant.
 
-A corrector is ``step(score, sde, x, j, grid, generator, **options) -> x`` and runs at
+A corrector is ``step(score, sde, x, j, grid, noise, **options) -> x`` and runs at
 the grid time ``t_j`` (see :class:`~sdediff.samplers.predictors.Grid`). Both correctors
 are unadjusted Langevin dynamics ``x <- x + e score(x, t) + sqrt(2 e) z`` and differ in
 the step size ``e``:
@@ -21,7 +21,6 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._common import randn_like
 from .predictors import Grid
 
 __all__ = ["CORRECTORS", "langevin_step", "ald_step", "LANGEVIN_NORMS"]
@@ -38,7 +37,7 @@ def langevin_alpha(grid: Grid, j: int) -> float:
     return (grid.scale[k] / grid.scale[k + 1]) ** 2
 
 
-def langevin_step(score, sde, x: Tensor, j: int, grid: Grid, generator=None, *, snr: float = 0.16,
+def langevin_step(score, sde, x: Tensor, j: int, grid: Grid, noise, *, snr: float = 0.16,
                   norm: str = "batch") -> Tensor:
     """One Langevin corrector step with the signal-to-noise step-size rule (Song et al. 2021).
 
@@ -53,7 +52,7 @@ def langevin_step(score, sde, x: Tensor, j: int, grid: Grid, generator=None, *, 
     t = grid.t[j]
     alpha = langevin_alpha(grid, j)
     sc = score(x, t)
-    z = randn_like(x, generator)
+    z = noise.randn_like(x)
     B = x.shape[0]
     score_norm = sc.reshape(B, -1).norm(dim=1)
     noise_norm = z.reshape(B, -1).norm(dim=1)
@@ -67,14 +66,14 @@ def langevin_step(score, sde, x: Tensor, j: int, grid: Grid, generator=None, *, 
     return x + e * sc + (2.0 * e).sqrt() * z
 
 
-def ald_step(score, sde, x: Tensor, j: int, grid: Grid, generator=None, *,
+def ald_step(score, sde, x: Tensor, j: int, grid: Grid, noise, *,
              step_size: float = 0.1) -> Tensor:
     """One annealed-Langevin step (Song & Ermon 2019): ``e = step_size * s(t)^2``."""
     grid.require_linear("the ald corrector")
     e = step_size * grid.std[j] ** 2
     sc = score(x, grid.t[j])
     x_next = x.add(sc, alpha=e)
-    return x_next.add_(randn_like(x, generator), alpha=math.sqrt(2.0 * e))
+    return x_next.add_(noise.randn_like(x), alpha=math.sqrt(2.0 * e))
 
 
 #: name -> corrector step function.

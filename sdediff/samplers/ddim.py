@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from ..sde import LinearSDE
 from . import register_sampler
-from ._common import randn_like, tweedie
+from .._random import as_noise
+from ._common import tweedie
 
 __all__ = ["ddim", "schedule", "tweedie"]
 
@@ -47,16 +48,34 @@ def schedule(sde: LinearSDE, ts: Tensor) -> tuple[list[float], list[float], list
         Three lists of floats: ``scale``, ``std`` and ``log_snr`` at ``ts``.
 
     Raises:
-        ValueError: if ``std`` vanishes at some time of ``ts`` (``lambda`` would be infinite).
+        ValueError: if ``scale`` or ``std`` is not finite and positive at some time of ``ts``
+            (``lambda`` would be infinite or undefined); the message names the time and the
+            likely cause.
     """
     ts64 = ts.detach().to(dtype=torch.float64)
     a = sde.scale(ts64).tolist()
     s = sde.std(ts64).tolist()
-    if min(s) <= 0.0:
-        raise ValueError("std(t) must be > 0 on the time grid; the grid must stay above t = 0 "
-                         "(use eps > 0)")
+    for name, values in (("scale", a), ("std", s)):
+        k = next((k for k, v in enumerate(values) if not (math.isfinite(v) and v > 0.0)), None)
+        if k is not None:
+            raise ValueError(_schedule_failure(sde, name, float(ts64[k]), values[k]))
     lam = [math.log(ai / si) for ai, si in zip(a, s)]
     return a, s, lam
+
+
+def _schedule_failure(sde: LinearSDE, name: str, t: float, value: float) -> str:
+    """Why ``scale`` or ``std`` is unusable at ``t``, in words."""
+    where = f"{name}(t) = {value:.6g} at t = {t:.6g} for {sde!r}"
+    if name == "std" and value == 0.0 and t == 0.0:
+        return f"{where}: the grid must stay above t = 0 (use eps > 0)"
+    if name == "std" and value == 0.0:
+        return (f"{where}: the SDE injects no noise up to this time (g(t) = 0?), so the "
+                "log-SNR log(scale/std) is infinite; a linear-SDE sampler needs std(t) > 0 for t > 0")
+    if name == "scale" and value == 0.0:
+        return (f"{where}: the signal scale underflowed to 0 (exp(int_0^t f) is below the "
+                "smallest float64, e.g. a VPSDE with a huge beta_max), so the log-SNR is -inf; "
+                "use a smaller beta_max, a shorter T, or sampler='sde' / 'ode'")
+    return f"{where}: it must be finite and > 0 (check the SDE's f(t) and g(t))"
 
 
 def _check_unit_interval(name: str, value) -> float:
@@ -77,7 +96,8 @@ def ddim(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator: torch.Gener
         sde: the linear SDE the score belongs to.
         x: the state at ``ts[0]``.
         ts: decreasing times, ``ts[0]`` to ``ts[-1]``.
-        generator: source of the noise when ``eta > 0``.
+        generator: source of the noise when ``eta > 0``: a ``torch.Generator``, an int seed,
+            ``None`` (torch's global generator) or a noise source (``sample(seeds=...)``).
         progress: show a tqdm bar.
         callback: ``callback(step=i, t=t, x=x, denoised=x0_hat)`` after each step.
         eta: ``0`` deterministic (first-order probability-flow solver), ``1`` ancestral;
@@ -90,6 +110,7 @@ def ddim(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator: torch.Gener
         ValueError: ``eta`` outside ``[0, 1]``.
     """
     eta = _check_unit_interval("eta", eta)
+    noise = as_noise(generator)
     a, s, lam = schedule(sde, ts)
     t = ts.tolist()
     for i in tqdm(range(len(t) - 1), disable=not progress, desc="ddim"):
@@ -104,7 +125,7 @@ def ddim(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator: torch.Gener
             eps_hat = (x - a[i] * x0_hat).div_(s[i])
             x = torch.add(eps_hat.mul_(math.sqrt(max(s[i + 1] ** 2 - c * c, 0.0))),
                           x0_hat, alpha=a[i + 1])
-            x.add_(randn_like(x, generator), alpha=c)
+            x.add_(noise.randn_like(x), alpha=c)
         if callback is not None:
             callback(step=i, t=t[i + 1], x=x, denoised=x0_hat)
     return x

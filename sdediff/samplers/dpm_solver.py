@@ -26,12 +26,9 @@ gives a method of order ``p``.
   order 2 uses ``r = 1/2``; order 3 is DPM-Solver-3 (``r = 1/3, 2/3``; the final
   update uses ``u = 0, 2h/3``, which is third order because the ``r = 2/3`` node makes
   the ``I_1`` weight absorb the quadratic term).
-* ``adaptive``: DPM-Solver-12 / -23 (Lu et al. 2022a, section 3.4 and Algorithm 4):
-  a singlestep pair of orders ``order - 1`` and ``order`` sharing their evaluations, an
-  error controller on their difference, step sizes chosen in ``lambda``. With
-  ``method="multistep"`` the pair is the multistep update of order ``p`` and ``p - 1``
-  from the same stored denoisers: one NFE per accepted step, rejections free (measured on
-  the oracle: the sample metrics reach their plateau in ~33 NFE instead of ~54).
+* ``adaptive``: DPM-Solver-12 / -23, see :mod:`sdediff.samplers.adaptive`.
+
+UniPC (the multistep update with the UniC corrector) is :mod:`sdediff.samplers.unipc`.
 """
 from __future__ import annotations
 
@@ -46,11 +43,12 @@ from . import register_sampler
 from ._common import tweedie
 from .ddim import schedule
 
-__all__ = ["dpm_solver", "dpm_solver_adaptive", "unipc"]
+__all__ = ["dpm_solver", "exponential_weights", "midpoint_weights"]
 
 METHODS = ("multistep", "singlestep", "adaptive")
 ORDERS = (1, 2, 3)
 PREDICTIONS = ("data", "noise")
+SOLVER_TYPES = ("exact", "midpoint")
 
 
 def _moments(h: float, n: int = 3) -> list[float]:
@@ -143,11 +141,34 @@ def _times_at(sde: LinearSDE, lam: list[float], like: Tensor) -> tuple[list[floa
     return t.tolist(), sde.scale(t).tolist(), sde.std(t).tolist()
 
 
+def midpoint_weights(nodes: list[float], h: float) -> list[float]:
+    """The 2M weights of Lu et al. 2022b, Algorithm 2 (diffusers' ``solver_type="midpoint"``).
+
+    With the current point at ``u = 0`` and the previous one at ``u = -h_prev``
+    (``r = h_prev / h``) the update is
+    ``x_t = (s_t / s_s) x_s - a_t (e^{-h} - 1) [D_0 + (D_0 - D_1) / (2 r)]``: the weights
+    ``(1 - e^{-h}) (1 + 1 / (2 r))`` and ``-(1 - e^{-h}) / (2 r)``. They replace the exact
+    moment ``I_1(h) = int_0^h u e^{u - h} du`` of :func:`exponential_weights` by
+    ``h I_0(h) / 2``: an ``O(h^3)`` change per step, so the method stays second order.
+    The same weights serve the noise-prediction update (DPM-Solver's midpoint 2M).
+    """
+    u0, u1 = nodes
+    if u0 != 0.0 or not u1 < 0.0:
+        raise ValueError(f"midpoint weights need nodes (0, -h_prev), got {nodes}")
+    i0 = -math.expm1(-h)
+    half_inv_r = 0.5 * h / -u1
+    return [i0 * (1.0 + half_inv_r), -i0 * half_inv_r]
+
+
+#: The public name of :func:`_weights`.
+exponential_weights = _weights
+
+
 @register_sampler("dpm_solver", nfe_per_step=1, order=2, stochastic=False, linear_only=True)
 def dpm_solver(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, progress: bool = False,
                callback=None, order: int = 2, method: str = "multistep",
                lower_order_final: bool = True, corrector: bool = False, prediction: str = "data",
-               **adaptive_options) -> Tensor:
+               solver_type: str = "exact", **adaptive_options) -> Tensor:
     """DPM-Solver++ (Lu et al. 2022b): multistep (1 NFE/step) or singlestep (``order`` NFE/step).
 
     Args:
@@ -172,17 +193,32 @@ def dpm_solver(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, 
             the more accurate on Karras grids (2-D ring, 10 NFE, UniPC-2 on Karras: per-mode
             Frechet 0.0037 against 0.20). Under VE, noise-prediction 3M is second order:
             the order-1 warm-up step's error ``h^2 eps''`` at ``T`` is not small there.
+        solver_type: multistep without corrector only: how a two-node (second-order) update
+            integrates the linear interpolant. ``"exact"`` (the default) integrates it exactly
+            against ``exp(u - h)`` (:func:`exponential_weights`); ``"midpoint"`` is the
+            paper's Algorithm 2, ``x_t = (s_t/s_s) x_s - a_t (e^{-h} - 1) [D_0 + (D_0 - D_1)
+            / (2 r)]`` with ``r = h_prev / h`` (:func:`midpoint_weights`; diffusers'
+            ``DPMSolverMultistepScheduler(solver_type="midpoint")``). Both are second order
+            and differ by ``O(h^3)`` per step; three-node updates are the same for both.
         **adaptive_options: ``rtol``, ``atol``, ``h_init``, ``theta`` for ``method="adaptive"``.
 
     Returns:
         The state at ``ts[-1]``.
 
     Raises:
-        ValueError: ``order`` not in {1, 2, 3}, an unknown ``method`` or ``prediction``, or
-            ``prediction="noise"`` with a method other than ``"multistep"``.
+        ValueError: ``order`` not in {1, 2, 3}, an unknown ``method``, ``prediction`` or
+            ``solver_type``, ``prediction="noise"`` with a method other than ``"multistep"``,
+            or ``solver_type="midpoint"`` with another method or with the corrector.
     """
     _check_options(order, method, prediction)
+    if solver_type not in SOLVER_TYPES:
+        raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
+    if solver_type == "midpoint" and (method != "multistep" or corrector):
+        raise ValueError("solver_type='midpoint' is the multistep predictor's option "
+                         f"(method='multistep', corrector=False), got method={method!r}, "
+                         f"corrector={corrector!r}")
     if method == "adaptive":
+        from .adaptive import dpm_solver_adaptive
         return dpm_solver_adaptive(score, sde, x, ts, progress=progress, callback=callback,
                                    order=order, **adaptive_options)
     if adaptive_options:
@@ -195,14 +231,21 @@ def dpm_solver(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, 
     if method == "singlestep":
         return _singlestep(score, sde, x, t, a, s, lam, order, progress, callback)
     noise = prediction == "noise"
+    midpoint = solver_type == "midpoint"
 
     def update(x_from: Tensor, i: int, j: int, nodes: list[float], values: list[Tensor]) -> Tensor:
         # x at grid point j from grid point i, the interpolant through `values` at `nodes`.
         h = lam[j] - lam[i]
-        if noise:  # (a_j / a_i) (x_i - s_i sum_k w_k eps_k), the nodes mirrored
+        if midpoint and len(nodes) == 2:  # Algorithm 2 of Lu et al. 2022b (either prediction)
+            weights = midpoint_weights(nodes, h)
+        elif noise:  # the nodes mirrored, see below
+            weights = _weights([h - u for u in nodes], h)
+        else:
+            weights = _weights(nodes, h)
+        if noise:  # (a_j / a_i) (x_i - s_i sum_k w_k eps_k)
             ratio = a[j] / a[i]
-            return _combine(x_from, ratio, -ratio * s[i], _weights([h - u for u in nodes], h), values)
-        return _combine(x_from, s[j] / s[i], a[j], _weights(nodes, h), values)
+            return _combine(x_from, ratio, -ratio * s[i], weights, values)
+        return _combine(x_from, s[j] / s[i], a[j], weights, values)
 
     history: list[tuple[float, Tensor]] = []  # (lambda, D or eps) of the latest steps, newest first
     x_prev, p = x, 0  # the last step's start and node count, for the corrector
@@ -226,28 +269,6 @@ def dpm_solver(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, 
             callback(step=i, t=t[i + 1], x=x, denoised=denoised)
     return x
 
-
-@register_sampler("unipc", nfe_per_step=1, order=3, stochastic=False, linear_only=True)
-def unipc(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, progress: bool = False,
-          callback=None, order: int = 2, lower_order_final: bool = True,
-          prediction: str = "data") -> Tensor:
-    """UniPC (Zhao et al. 2023): DPM-Solver++ multistep with the UniC corrector, 1 NFE/step.
-
-    The predictor is the ``order``-node multistep update; the corrector redoes each step
-    with the denoiser at its end point as one more node (integrated exactly against
-    ``exp(u - h)``), reaching order ``order + 1`` without another evaluation. The final
-    step is not corrected (that would cost one more NFE).
-
-    Args:
-        score, sde, x, ts, generator, progress, callback: the sampler contract.
-        order: predictor order, 1-3 (``order=1``: a DDIM predictor with a trapezoid-like
-            corrector, order 2).
-        lower_order_final, prediction: as in :func:`dpm_solver` (``prediction="noise"``:
-            UniPC with noise prediction, Zhao et al. 2023's ``predict_x0=False``).
-    """
-    return dpm_solver(score, sde, x, ts, progress=progress, callback=callback, order=order,
-                      method="multistep", lower_order_final=lower_order_final, corrector=True,
-                      prediction=prediction)
 
 
 def _singlestep(score, sde, x, t, a, s, lam, order, progress, callback) -> Tensor:
@@ -276,183 +297,3 @@ def _singlestep(score, sde, x, t, a, s, lam, order, progress, callback) -> Tenso
     return x
 
 
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-@register_sampler("dpm_solver_adaptive", nfe_per_step=None, order=3, stochastic=False, linear_only=True)
-def dpm_solver_adaptive(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None,
-                        progress: bool = False, callback=None, order: int = 3, rtol: float = 0.05,
-                        atol: float = 0.0078, h_init: float = 0.05, theta: float = 0.9,
-                        error_norm: str = "max", max_steps: int = 10_000,
-                        method: str = "singlestep") -> Tensor:
-    """Adaptive DPM-Solver-12/23 (Lu et al. 2022a, Algorithm 4), data prediction; NFE adaptive.
-
-    With ``method="multistep"``, an adaptive DPM-Solver++ 2M/3M instead: see
-    :func:`_adaptive_multistep` (one NFE per accepted step, rejections are free).
-
-    Each attempted step from ``lambda_r`` with size ``h`` computes a lower-order
-    (``order - 1``) and a higher-order (``order``) singlestep update that share their
-    evaluations (order 3: ``r = 1/3`` then ``2/3``; order 2: ``r = 1/2``). The error
-    ``E = max_batch RMS((x_high - x_low) / delta)`` with
-    ``delta = max(atol, rtol max(|x_low|, |x|))`` (the largest per-example RMS, as Lu et al.
-    do; ``error_norm="rms"`` takes the RMS over all entries instead, like torchdiffeq)
-    accepts the step when ``E <= 1``;
-    either way the next size is ``theta h E^(-1/order)``. The denoiser at the current
-    point is reused across rejections, so an attempt costs ``order - 1`` NFE plus one
-    per accepted step. ``ts`` supplies only its two ends.
-
-    Args:
-        score, sde, x, ts, generator, progress, callback: the sampler contract.
-        order: 3 (DPM-Solver-23, default) or 2 (DPM-Solver-12).
-        rtol, atol: relative and absolute tolerances of the error controller.
-        h_init: the first step size in log-SNR.
-        theta: the safety factor, in (0, 1].
-        error_norm: ``"max"`` of the per-example RMS (default) or ``"rms"`` over the whole batch.
-        max_steps: give up (RuntimeError) after this many attempted steps.
-        method: ``"singlestep"`` (DPM-Solver-12/23, the published algorithm) or
-            ``"multistep"`` (adaptive 2M/3M).
-
-    Returns:
-        The state at ``ts[-1]``.
-
-    Raises:
-        ValueError: bad ``order``, ``rtol``, ``atol``, ``h_init``, ``theta`` or ``method``.
-        RuntimeError: the controller needed more than ``max_steps`` attempts.
-    """
-    _check_options(order, "adaptive")
-    rtol, atol, h_init = (_check_positive(k, v) for k, v in (("rtol", rtol), ("atol", atol), ("h_init", h_init)))
-    if not 0 < theta <= 1:
-        raise ValueError(f"theta must lie in (0, 1], got {theta!r}")
-    if error_norm not in ("rms", "max"):
-        raise ValueError(f"error_norm must be one of ('rms', 'max'), got {error_norm!r}")
-    if method not in ("singlestep", "multistep"):
-        raise ValueError(f"method must be one of ('singlestep', 'multistep'), got {method!r}")
-    if method == "multistep":
-        return _adaptive_multistep(score, sde, x, ts, progress, callback, order, rtol, atol, h_init,
-                                   theta, error_norm, max_steps)
-    ends = torch.stack([ts[0], ts[-1]])
-    (a_r, a_end), (s_r, s_end), (lam_r, lam_end) = schedule(sde, ends)
-    t_r = float(ts[0])
-    fractions = [1.0 / 3.0, 2.0 / 3.0] if order == 3 else [0.5]
-    h = min(h_init, lam_end - lam_r)
-    d0 = None  # denoiser at the current point, kept across rejected attempts
-    accepted = 0
-    bar = tqdm(total=lam_end - lam_r, disable=not progress, desc=f"dpm_solver-{order - 1}{order}")
-    for attempt in range(max_steps):
-        if lam_end - lam_r <= 1e-12 * max(1.0, abs(lam_end)):
-            break
-        score.step = accepted
-        if d0 is None:
-            d0 = tweedie(score, x, t_r, a_r, s_r)
-        lam_next = lam_end if h >= lam_end - lam_r else lam_r + h
-        h = lam_next - lam_r
-        (t_mid, a_mid, s_mid) = _times_at(sde, [lam_r + r * h for r in fractions] + [lam_next], x)
-        ds, nodes = [d0], [0.0]
-        for j, r in enumerate(fractions):
-            u = _combine(x, s_mid[j] / s_r, a_mid[j], _weights(nodes, r * h), ds)
-            ds.append(tweedie(score, u, t_mid[j], a_mid[j], s_mid[j]))
-            nodes.append(r * h)
-        t_n, a_n, s_n = t_mid[-1], a_mid[-1], s_mid[-1]
-        ratio = s_n / s_r
-        if order == 3:  # lower: order 2 through u = 0, h/3; higher: DPM-Solver-3 through u = 0, 2h/3
-            x_low = _combine(x, ratio, a_n, _weights(nodes[:2], h), ds[:2])
-            x_high = _combine(x, ratio, a_n, _weights([0.0, nodes[2]], h), [ds[0], ds[2]])
-        else:  # lower: DDIM; higher: order 2 through u = 0, h/2
-            x_low = _combine(x, ratio, a_n, _weights(nodes[:1], h), ds[:1])
-            x_high = _combine(x, ratio, a_n, _weights(nodes, h), ds)
-        err = _scaled_error(x, x_low, x_high, rtol, atol, error_norm)
-        if err <= 1.0:
-            x, t_r, a_r, s_r = x_high, t_n, a_n, s_n
-            bar.update(h)
-            lam_r = lam_next
-            if callback is not None:
-                callback(step=accepted, t=t_r, x=x, denoised=d0)
-            accepted += 1
-            d0 = None
-        h = theta * h * max(err, 1e-10) ** (-1.0 / order)
-    else:
-        bar.close()
-        raise RuntimeError(f"dpm_solver_adaptive: no convergence after max_steps={max_steps} attempts "
-                           f"(reached t = {t_r:.6g}); loosen rtol/atol")
-    bar.close()
-    return x
-
-
-def _scaled_error(x: Tensor, x_low: Tensor, x_high: Tensor, rtol: float, atol: float, norm: str) -> float:
-    """``|x_high - x_low| / max(atol, rtol max(|x_low|, |x|))``: largest per-example RMS or batch RMS."""
-    delta = torch.maximum(x_low.abs(), x.abs()).mul_(rtol).clamp_min_(atol)
-    sq = ((x_high - x_low) / delta).pow(2)
-    err = float(sq.mean().sqrt() if norm == "rms" else sq.flatten(1).mean(1).sqrt().max())
-    if not math.isfinite(err):  # NaN/inf reached the state: no step size can fix that
-        raise FloatingPointError("the adaptive solver's error estimate is NaN/inf")
-    return err
-
-
-# Largest ratio of consecutive step sizes of the adaptive multistep solver.
-_MAX_GROWTH = 2.0
-
-
-def _adaptive_multistep(score, sde: LinearSDE, x: Tensor, ts: Tensor, progress: bool, callback,
-                        order: int, rtol: float, atol: float, h_init: float, theta: float,
-                        error_norm: str, max_steps: int) -> Tensor:
-    """Adaptive DPM-Solver++ multistep: an embedded pair of consecutive multistep orders.
-
-    With the denoisers ``D`` of the last ``p`` accepted points (``p = order`` once the
-    history has filled), a step of size ``h`` in ``lambda`` is the ``p``-node update
-    (order ``p``) and, from the same values, the ``(p-1)``-node update (order ``p - 1``,
-    local error ``O(h^p)``). Their scaled difference ``E`` (as in
-    :func:`dpm_solver_adaptive`) accepts the step when ``E <= 1``, keeping the
-    higher-order value, and sets the next size ``theta h E^(-1/p)``. Both updates reuse
-    stored denoisers, so an attempt costs no evaluation: a rejected step is free and
-    every accepted step costs exactly one NFE (the denoiser at the new point). The
-    first step (one node, no error estimate) has size ``h_init``.
-    """
-    ends = torch.stack([ts[0], ts[-1]])
-    (a_r, _), (s_r, _), (lam_r, lam_end) = schedule(sde, ends)
-    t_r = float(ts[0])
-    history: list[tuple[float, Tensor]] = []  # (lambda, D), newest first
-    h = min(h_init, lam_end - lam_r)
-    accepted = attempts = 0
-    bar = tqdm(total=lam_end - lam_r, disable=not progress, desc=f"dpm_solver++ adaptive {order}M")
-    while lam_end - lam_r > 1e-12 * max(1.0, abs(lam_end)):
-        score.step = accepted
-        d0 = tweedie(score, x, t_r, a_r, s_r)
-        history = [(lam_r, d0)] + history[:order - 1]
-        p = len(history)
-        nodes = [lam_k - lam_r for lam_k, _ in history]
-        ds = [d for _, d in history]
-        while True:
-            attempts += 1
-            if attempts > max_steps:
-                bar.close()
-                raise RuntimeError(f"dpm_solver_adaptive: no convergence after max_steps={max_steps} "
-                                   f"attempts (reached t = {t_r:.6g}); loosen rtol/atol")
-            lam_next = lam_end if h >= lam_end - lam_r else lam_r + h
-            h = lam_next - lam_r
-            (t_n,), (a_n,), (s_n,) = _times_at(sde, [lam_next], x)
-            ratio = s_n / s_r
-            x_high = _combine(x, ratio, a_n, _weights(nodes, h), ds)
-            if p == 1:  # no pair yet: the first step is taken as given
-                err = 1.0
-                break
-            x_low = _combine(x, ratio, a_n, _weights(nodes[:p - 1], h), ds[:p - 1])
-            err = _scaled_error(x, x_low, x_high, rtol, atol, error_norm)
-            if err <= 1.0:
-                break
-            h = theta * h * err ** (-1.0 / p)
-        x, t_r, a_r, s_r = x_high, t_n, a_n, s_n
-        bar.update(h)
-        lam_r = lam_next
-        if callback is not None:
-            callback(step=accepted, t=t_r, x=x, denoised=d0)
-        accepted += 1
-        if p > 1:
-            # Variable-step multistep: the interpolating polynomial through old nodes
-            # extrapolates badly (and so does the error estimate) when a step is much
-            # larger than the last, so growth is capped per step.
-            h = min(theta * h * max(err, 1e-10) ** (-1.0 / p), _MAX_GROWTH * h)
-    bar.close()
-    return x

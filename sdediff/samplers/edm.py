@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._random import as_noise
 from ..sde import LinearSDE
 from . import register_sampler
-from ._common import randn_like
 from .ddim import schedule
 
 __all__ = ["heun"]
@@ -64,6 +64,7 @@ def heun(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator: torch.Gener
     S_tmin = _check_nonnegative("S_tmin", S_tmin)
     if not S_tmin <= S_tmax:
         raise ValueError(f"need S_tmin <= S_tmax, got S_tmin={S_tmin!r}, S_tmax={S_tmax!r}")
+    noise = as_noise(generator)
     a, s, _ = schedule(sde, ts)
     t = ts.tolist()
     n = len(t) - 1
@@ -84,7 +85,7 @@ def heun(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator: torch.Gener
                 lam_hat = torch.tensor([-math.log(sig_hat)], dtype=torch.float64, device=x.device)
                 t_hat = sde.t_from_log_snr(lam_hat).clamp(0.0, sde.T)
                 t_cur, a_cur, s_cur = float(t_hat), float(sde.scale(t_hat)), float(sde.std(t_hat))
-                y = y.add(randn_like(y, generator), alpha=S_noise * math.sqrt(sig_hat ** 2 - sig ** 2))
+                y = y.add(noise.randn_like(y), alpha=S_noise * math.sqrt(sig_hat ** 2 - sig ** 2))
                 sig = s_cur / a_cur
         # Euler step: d = dy/dsigma = -s score(a y, t)  (Alg. 2, lines 7-8)
         d = score(y * a_cur, t_cur).mul(-s_cur)

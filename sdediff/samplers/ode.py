@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .._dopri5 import dopri5, runs_lean
 from . import register_sampler
+from ._common import ScoreNotFiniteError
 
 __all__ = ["ode_sampler", "ADAPTIVE_METHODS", "FIXED_GRID_METHODS"]
 
@@ -33,13 +34,15 @@ class _FlowDrift(torch.nn.Module):
         super().__init__()
         self.flow = sde.reverse(score, probability_flow=True)
         self.score, self.pbar, self.ts = score, pbar, ts
+        self.last_t = float(ts[0])  # the latest time evaluated, named in solver failures
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         if self.pbar is not None:
             self.pbar.update(1)
         # name the grid interval containing t in NaN reports
-        self.score.step = int(torch.searchsorted(-self.ts, -t.detach().to(self.ts), right=True).clamp(
-            1, len(self.ts) - 1)) - 1
+        t64 = t.detach().to(self.ts)
+        self.score.step = int(torch.searchsorted(-self.ts, -t64, right=True).clamp(1, len(self.ts) - 1)) - 1
+        self.last_t = float(t64)
         return self.flow.drift(x, t)
 
 
@@ -82,14 +85,24 @@ def ode_sampler(score, sde, x: Tensor, ts: Tensor, *, generator=None, progress=F
         if lean:
             # The lean loop (torchdiffeq's dopri5 steps, less bookkeeping), run forward in
             # s = -t; the grid's ends are all this needs.
-            x_eps, _ = dopri5(lambda s, y: -func(-s, y), x, -float(t_eval[0]), -float(t_eval[-1]),
-                              rtol, atol, first_step=options["first_step"])
+            try:
+                x_eps, _ = dopri5(lambda s, y: -func(-s, y), x, -float(t_eval[0]), -float(t_eval[-1]),
+                                  rtol, atol, first_step=options["first_step"])
+            except ScoreNotFiniteError:
+                raise
+            except (FloatingPointError, RuntimeError) as err:
+                # The loop's own message names its variable s = -t; name the time instead.
+                kind = "the ODE solve did not finish" if isinstance(err, RuntimeError) else \
+                    "the ODE solver's error estimate or step size failed (NaN/inf or underflow)"
+                raise type(err)(f"{kind} near t = {_clamp(func.last_t, ts):.6g} (dopri5, rtol={rtol}, "
+                                f"atol={atol})") from err
             sol = torch.stack([x, x_eps])
         else:
             try:
                 sol = odeint(func, x, t_eval, method=method, options=options, **kwargs)
             except AssertionError as err:  # torchdiffeq's "underflow in dt": NaN/inf or stiffness
-                raise FloatingPointError(f"the ODE solver failed ({err}): NaN/inf in the score, "
+                raise FloatingPointError(f"the ODE solver failed ({err}) near t = "
+                                         f"{_clamp(func.last_t, ts):.6g}: NaN/inf in the score, "
                                          "or a step size that underflowed") from err
     finally:
         if pbar is not None:
@@ -98,3 +111,9 @@ def ode_sampler(score, sde, x: Tensor, ts: Tensor, *, generator=None, progress=F
         for i in range(1, sol.shape[0]):
             callback(step=i - 1, t=float(t_eval[i]), x=sol[i], denoised=None)
     return sol[-1]
+
+
+def _clamp(t: float, ts: Tensor) -> float:
+    """``t`` clamped into the grid's span (a failing step may probe just past its end)."""
+    lo, hi = float(ts[-1]), float(ts[0])
+    return min(max(t, lo), hi)

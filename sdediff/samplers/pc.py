@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._random import as_noise
 from . import register_sampler
 from .correctors import CORRECTORS, LANGEVIN_NORMS
 from .predictors import PREDICTORS, Grid
@@ -72,7 +73,8 @@ def run_pc(score, sde, x: Tensor, ts: Tensor, *, predictor: str | None, correcto
         snr: the ``langevin`` signal-to-noise ratio, ``> 0``.
         step_size: the ``ald`` step size relative to ``s(t)^2``, ``> 0``.
         norm: ``"example"`` or ``"batch"``: how ``langevin`` measures the norms.
-        generator: the source of the noise.
+        generator: the source of the noise: a ``torch.Generator``, an int seed, ``None``
+            (torch's global generator) or a noise source (``sample(seeds=...)``).
         progress: show a tqdm bar.
         callback: called as ``callback(step=i, t=t_{i+1}, x=x, denoised=...)`` after each step;
             ``denoised`` is Tweedie's estimate from the last score at ``t_i`` (linear SDEs), or None.
@@ -85,6 +87,11 @@ def run_pc(score, sde, x: Tensor, ts: Tensor, *, predictor: str | None, correcto
     _check_options(predictor, corrector, n_corrector_steps, snr, step_size, norm)
     if predictor is None and (corrector is None or n_corrector_steps == 0):
         raise ValueError("need a predictor, or a corrector with n_corrector_steps >= 1")
+    noise = as_noise(generator)
+    if noise.per_example and corrector == "langevin" and norm == "batch":
+        raise ValueError("seeds= promises results independent of the batch, but the langevin "
+                         "corrector's step size with norm='batch' averages over the batch: pass "
+                         "norm='example' or corrector='ald' (or None)")
     grid = Grid.build(sde, ts, score)
     predict = PREDICTORS[predictor] if predictor is not None else None
     correct = CORRECTORS[corrector] if corrector is not None else None
@@ -96,13 +103,13 @@ def run_pc(score, sde, x: Tensor, ts: Tensor, *, predictor: str | None, correcto
         if predict is None:
             # Corrector only: anneal to t_{i+1}.
             for _ in range(n_corrector_steps):
-                x = correct(score, sde, x, i + 1, grid, generator, **c_opts)
+                x = correct(score, sde, x, i + 1, grid, noise, **c_opts)
             x_prev, i_sc = x, i + 1
         else:
             for _ in range(n_corrector_steps if correct is not None else 0):
-                x = correct(score, sde, x, i, grid, generator, **c_opts)  # corrector first, at t_i
+                x = correct(score, sde, x, i, grid, noise, **c_opts)  # corrector first, at t_i
             x_prev = x
-            x, sc = predict(score, sde, x, i, grid, generator)  # then predictor t_i -> t_{i+1}
+            x, sc = predict(score, sde, x, i, grid, noise)  # then predictor t_i -> t_{i+1}
         if callback is not None:
             callback(step=i, t=grid.t[i + 1], x=x, denoised=_denoised(grid, x_prev, sc, i_sc))
     return x

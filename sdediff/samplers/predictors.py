@@ -1,6 +1,7 @@
 """Predictors: one step of a reverse-time integrator from ``t_i`` down to ``t_{i+1}``.
 
-A predictor is ``step(score, sde, x, i, grid, generator) -> (x_next, score_at_x)``;
+A predictor is ``step(score, sde, x, i, grid, noise) -> (x_next, score_at_x)``, ``noise``
+a noise source (``noise.randn_like(x)``, see :mod:`sdediff._random`);
 ``grid`` is a :class:`Grid` holding the time grid and, for linear SDEs, the schedule
 coefficients at every grid time as Python floats (computed once per run, so the
 hot path does scalar arithmetic only). Time runs backwards: ``dt = t_i - t_{i+1} > 0``.
@@ -22,7 +23,6 @@ import torch
 from torch import Tensor
 
 from ..sde import SDE, LinearSDE, ReverseSDE, broadcast_like
-from ._common import randn_like
 
 __all__ = ["Grid", "PREDICTORS", "euler_maruyama_step", "reverse_diffusion_step", "ancestral_step",
            "euler_step"]
@@ -71,15 +71,15 @@ class Grid:
                              "sampler='ode' for a general SDE")
 
 
-def _add_noise(x: Tensor, diffusion: Tensor, generator) -> Tensor:
+def _add_noise(x: Tensor, diffusion: Tensor, noise) -> Tensor:
     """``x + diffusion * z`` for a diffusion of shape ``(B,)`` or ``x``'s shape."""
-    z = randn_like(x, generator)
+    z = noise.randn_like(x)
     if diffusion.shape != x.shape:
         diffusion = broadcast_like(diffusion, x)
     return x.addcmul_(diffusion, z)
 
 
-def euler_maruyama_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, generator=None):
+def euler_maruyama_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, noise):
     """Euler-Maruyama on the reverse SDE ``dx = [f - g^2 score] dt + g dW_bar`` (weak order 1).
 
     ``x_{i+1} = x_i - [f(x_i, t_i) - g(t_i)^2 score(x_i, t_i)] dt + g(t_i) sqrt(dt) z``.
@@ -88,13 +88,13 @@ def euler_maruyama_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, generato
     if grid.reverse.linear:
         sc = score(x, t)
         x_next = torch.add(x, grid.reverse.drift(x, t, sc), alpha=-dt)
-        return x_next.add_(randn_like(x, generator), alpha=grid.g[i] * math.sqrt(dt)), sc
+        return x_next.add_(noise.randn_like(x), alpha=grid.g[i] * math.sqrt(dt)), sc
     drift, diffusion = grid.reverse.sde(x, t)  # the reverse drift in forward time
     x_next = x - drift * dt
-    return _add_noise(x_next, diffusion * math.sqrt(dt), generator), None
+    return _add_noise(x_next, diffusion * math.sqrt(dt), noise), None
 
 
-def reverse_diffusion_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, generator=None):
+def reverse_diffusion_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, noise):
     """Reverse-diffusion predictor (Song et al. 2021, eq. 46): undo one forward discretization step.
 
     With the forward step ``x_t = x_{t-dt} + f + G z`` (``sde.discretize``; exact Gaussian
@@ -108,12 +108,12 @@ def reverse_diffusion_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, gener
         sc = score(x, t)
         x_next = x * (2.0 - r)  # x - f = x - (r - 1) x
         x_next.add_(sc, alpha=G2)
-        return x_next.add_(randn_like(x, generator), alpha=math.sqrt(G2)), sc
+        return x_next.add_(noise.randn_like(x), alpha=math.sqrt(G2)), sc
     rev_f, G = grid.reverse.discretize(x, t, dt)
-    return _add_noise(x - rev_f, G, generator), None
+    return _add_noise(x - rev_f, G, noise), None
 
 
-def ancestral_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, generator=None):
+def ancestral_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, noise):
     """Ancestral sampling: draw from ``q(x_{t'} | x_t, x0 = x0_hat)``, ``x0_hat`` from Tweedie.
 
     For a linear SDE with ``t' < t``, ``r = a(t)/a(t')`` and ``v = s(t)^2 - r^2 s(t')^2``
@@ -136,10 +136,10 @@ def ancestral_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, generator=Non
     x_next = x * (1.0 / r)  # posterior mean (x + v score) / r
     x_next.add_(sc, alpha=v / r)
     sigma = s_next * math.sqrt(v) / s  # posterior std
-    return x_next.add_(randn_like(x, generator), alpha=sigma), sc
+    return x_next.add_(noise.randn_like(x), alpha=sigma), sc
 
 
-def euler_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, generator=None):
+def euler_step(score, sde: SDE, x: Tensor, i: int, grid: Grid, noise):
     """Euler on the probability-flow ODE ``dx/dt = f - g^2 score / 2`` (deterministic, order 1)."""
     t, dt = grid.t[i], grid.t[i] - grid.t[i + 1]
     sc = score(x, t)
