@@ -6,7 +6,9 @@
 2. Sample it with several samplers at several NFE, and, for comparison, sample the same
    samplers with the *exact* score of the mixture (pure sampler error, no network error).
    Quality is the sliced 2-Wasserstein distance to a fixed set of exact samples of the same size;
-   its noise floor is the same distance for other exact samples (the average over 3 draws).
+   its noise floor is the same distance for other exact samples, as a mean and a standard
+   deviation over independent draws: a sampler within that spread is indistinguishable from
+   exact sampling at this sample size (never "better" than it).
 3. The held-out NLL through the probability-flow ODE (exact trace) next to the true entropy
    of the mixture, and, paired on the same points, the gap ``log p_true - log p_model``
    (an estimate of ``KL(p || model)``).
@@ -34,6 +36,7 @@ NFES = (10, 20, 50, 100)
 QUICK_NFES = (4, 10)
 SHOW_NFE = 50  # samples.png shows every sampler at (about) this NFE
 EPS = 1e-3  # final sampling time
+FLOOR_DRAWS = 8  # independent exact sample sets behind each noise floor (its mean and spread)
 
 
 def _steps_for(nfe: int, nfe_per_step: float, stochastic: bool) -> int:
@@ -124,15 +127,16 @@ def run_demo(out: str | Path = "runs/demo", seconds: float = 90.0, quick: bool =
         ValueError: a non-positive ``seconds``.
     """
     from .analytic import GaussianMixture
-    from .cli import write_run_info
+    from .checkpoint import latest_checkpoint
     from .datasets import ring_params, toy_data
     from .likelihood import log_likelihood
     from .metrics import mode_statistics
+    from .runs import require_matplotlib, write_run_info
     from .sde import VPSDE
-    from .training import latest_checkpoint
 
     if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    require_matplotlib("draw the demo's pictures")  # before any work
     wall = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,9 +169,10 @@ def run_demo(out: str | Path = "runs/demo", seconds: float = 90.0, quick: bool =
     means, stds, weights = ring_params()
     ref = gm.sample(n, generator=torch.Generator().manual_seed(seed + 3), dtype=torch.float64)
     exact_draws = [gm.sample(n, generator=torch.Generator().manual_seed(seed + 10 + k), dtype=torch.float64)
-                   for k in range(3)]
-    floor = sum(_sliced_w2(x, ref) for x in exact_draws) / 3
-    frechet_floor = sum(mode_statistics(x, means, stds, weights)["frechet"] for x in exact_draws) / 3
+                   for k in range(FLOOR_DRAWS)]
+    floor, floor_std = _mean_std([_sliced_w2(x, ref) for x in exact_draws])
+    frechet_floor, frechet_floor_std = _mean_std([mode_statistics(x, means, stds, weights)["frechet"]
+                                                  for x in exact_draws])
     rows = []
     for name in model_runs:
         for m_run, e_run in zip(model_runs[name], exact_runs[name]):
@@ -204,12 +209,14 @@ def run_demo(out: str | Path = "runs/demo", seconds: float = 90.0, quick: bool =
     show = {name: min(runs, key=lambda r: abs(r["nfe"] - SHOW_NFE)) for name, runs in model_runs.items()}
     truth = gm.sample(n, generator=torch.Generator().manual_seed(seed + 4), dtype=torch.float64)
     _plot_samples(truth, show, rows, means, out / "samples.png")
-    _plot_nfe(rows, {"sw2": floor, "frechet": frechet_floor}, n, nfes, out / "nfe_curve.png")
+    _plot_nfe(rows, {"sw2": (floor, floor_std), "frechet": (frechet_floor, frechet_floor_std)}, n, nfes,
+              out / "nfe_curve.png")
     result = {"out": str(out), "checkpoint": str(ckpt), "quick": quick, "seed": seed,
               "training": {"steps": trainer.step, "seconds": train_seconds, "final_loss": loss,
                            "params": sum(p.numel() for p in model.parameters())},
               "likelihood": likelihood, "samplers": rows, "noise_floor_sw2": floor,
-              "noise_floor_frechet": frechet_floor, "n_samples": n,
+              "noise_floor_sw2_std": floor_std, "noise_floor_frechet": frechet_floor,
+              "noise_floor_frechet_std": frechet_floor_std, "noise_floor_draws": FLOOR_DRAWS, "n_samples": n,
               "sampling_seconds": sample_seconds, "wall_seconds": time.perf_counter() - wall}
     (out / "report.json").write_text(json.dumps(result, indent=1))
     (out / "report.md").write_text(_report_md(result))
@@ -219,8 +226,8 @@ def run_demo(out: str | Path = "runs/demo", seconds: float = 90.0, quick: bool =
         f"(paired gap {lk['gap']:.3f} +- {lk['gap_se']:.3f})")
     best = min((r for r in rows if r["nfe"] <= 60), key=lambda r: r["sw2_model"], default=None)
     if best is not None:
-        log(f"best sampler at NFE <= 60: {best['sampler']} (NFE {best['nfe']}), sliced W2 {best['sw2_model']:.3f} "
-            f"(noise floor {floor:.3f})")
+        log(f"best sampler at NFE <= 60: {best['sampler']} (NFE {best['nfe']}), sliced W2 {best['sw2_model']:.3f}: "
+            + versus_floor(best["sw2_model"], floor, floor_std))
     log(f"done in {result['wall_seconds']:.0f} s. Wrote:")
     for name in ("samples.png", "nfe_curve.png", "report.md", "report.json"):
         log(f"  {out / name}")
@@ -228,12 +235,29 @@ def run_demo(out: str | Path = "runs/demo", seconds: float = 90.0, quick: bool =
     return result
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    v = torch.tensor(values, dtype=torch.float64)
+    return float(v.mean()), float(v.std()) if len(values) > 1 else 0.0
+
+
+def versus_floor(value: float, floor: float, floor_std: float) -> str:
+    """How a sample-quality value compares with the noise floor of exact samples (mean and std).
+
+    A value within two standard deviations of the floor's mean -- above it or below it -- is
+    indistinguishable from exact sampling at this sample size; below the floor is luck of the
+    draw, never a sampler "better than exact samples".
+    """
+    floor_text = f"noise floor {floor:.3f} +- {floor_std:.3f} (mean +- std of {FLOOR_DRAWS} exact draws)"
+    if value <= floor + 2 * floor_std:
+        return f"within the spread of exact samples, {floor_text}"
+    sigmas = (value - floor) / floor_std if floor_std > 0 else math.inf
+    return f"{value / floor:.1f}x the {floor_text}, {sigmas:.1f} std above it"
+
+
 # ------------------------------------------------------------------------------ plots
 def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    from .runs import pyplot
+    return pyplot()
 
 
 def _plot_samples(truth, show: dict, rows: list[dict], means, path: Path) -> None:
@@ -244,7 +268,8 @@ def _plot_samples(truth, show: dict, rows: list[dict], means, path: Path) -> Non
         panels.append((f"{name}, NFE {run['nfe']}", run["x"], sw))
     cols = min(5, len(panels))
     rows_n = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.3 * cols, 3.4 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.3 * cols, 3.7 * rows_n), squeeze=False,
+                             layout="constrained")  # room for every title and tick label
     for ax, (title, x, sw) in zip(axes.flat, panels):
         x = x.cpu()
         inside = (x.abs() <= 3.2).all(dim=1)
@@ -262,7 +287,6 @@ def _plot_samples(truth, show: dict, rows: list[dict], means, path: Path) -> Non
         ax.axis("off")
     fig.suptitle("sdediff demo: the 2-D ring of 8 Gaussians; exact samples vs the trained model's samples "
                  "(red +: the mode means)", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -271,7 +295,7 @@ def _plot_nfe(rows: list[dict], floors: dict[str, float], n: int, nfes, path: Pa
     plt = _plt()
     from matplotlib.ticker import FormatStrFormatter
     metrics = (("sw2", "sliced W2 to exact samples"), ("frechet", "per-mode Frechet distance"))
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True, sharey="row")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True, sharey="row", layout="constrained")
     names = list(dict.fromkeys(r["sampler"] for r in rows))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (metric, label) in enumerate(metrics):
@@ -281,7 +305,10 @@ def _plot_nfe(rows: list[dict], floors: dict[str, float], n: int, nfes, path: Pa
                 pts = [(r["nfe"], r[f"{metric}_{which}"]) for r in rows if r["sampler"] == name]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[k % len(colors)], label=name,
                         ms=4)
-            ax.axhline(floors[metric], color="k", ls="--", lw=1, label=f"noise floor (exact samples, n={n})")
+            mean, std = floors[metric]
+            ax.axhline(mean, color="k", ls="--", lw=1, label=f"noise floor (exact samples, n={n}): mean")
+            ax.axhspan(max(mean - 2 * std, mean / 10), mean + 2 * std, color="k", alpha=0.1, lw=0,
+                       label=f"noise floor: mean +- 2 std ({FLOOR_DRAWS} draws)")
             ax.set(xscale="log", yscale="log")
             ax.grid(True, which="both", alpha=0.3)
             ax.set_xticks(list(nfes))  # tick the NFE budgets asked for
@@ -297,7 +324,6 @@ def _plot_nfe(rows: list[dict], floors: dict[str, float], n: int, nfes, path: Pa
         axes[i][0].set_ylabel(label)
     axes[0][1].legend(fontsize=8, loc="upper right")
     fig.suptitle("sample quality vs NFE on the 2-D ring (lower is better; log-log)", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -320,8 +346,11 @@ def _report_md(r: dict) -> str:
         f"| paired gap NLL_model - NLL_true (estimates KL(p, model)) | {lk['gap']:.4f} +- {lk['gap_se']:.4f} |",
         "", f"The solve used {lk['nfe']} score evaluations in {lk['seconds']:.1f} s.", "",
         f"## Samplers ({r['n_samples']} samples each, same prior draw; sliced W2 to exact samples)", "",
-        f"Noise floors (the same statistic for exact samples of the same size): sliced W2 "
-        f"**{r['noise_floor_sw2']:.4f}**, per-mode Frechet **{r['noise_floor_frechet']:.2e}**. "
+        f"Noise floors (the same statistic for exact samples of the same size, mean +- std over "
+        f"{r['noise_floor_draws']} independent draws): sliced W2 **{r['noise_floor_sw2']:.4f} +- "
+        f"{r['noise_floor_sw2_std']:.4f}**, per-mode Frechet **{r['noise_floor_frechet']:.2e} +- "
+        f"{r['noise_floor_frechet_std']:.2e}**. A value within about two std of its floor -- below it "
+        "too -- is indistinguishable from exact sampling at this sample size. "
         "`exact` columns use the mixture's exact score: the sampler's own error. Mode statistics are of the "
         "model's samples (`weights_tv`: total variation of the mode frequencies; `spread`: per-mode std over "
         "the true 0.1; `Frechet`: the squared Frechet distance of each mode's Gaussian fit to the true mode, "
@@ -335,6 +364,12 @@ def _report_md(r: dict) -> str:
                      f"{row['sw2_exact']:.4f} | {row['frechet_model']:.2e} | {row['frechet_exact']:.2e} | "
                      f"{row['weights_tv']:.3f} | {row['spread_ratio']:.2f} | "
                      f"{row['num_empty']} |")
+    for which in ("model", "exact"):
+        best = min(r["samplers"], key=lambda row: row[f"sw2_{which}"], default=None)
+        if best is not None:
+            lines += ["", f"Lowest sliced W2 with the {'trained model' if which == 'model' else 'exact score'}: "
+                      f"{best['sampler']} at NFE {best['nfe']}, {best[f'sw2_{which}']:.4f}: "
+                      + versus_floor(best[f"sw2_{which}"], r["noise_floor_sw2"], r["noise_floor_sw2_std"]) + "."]
     lines += ["", "## Files", "", "- `samples.png`: exact samples vs each sampler at about NFE 50",
               "- `nfe_curve.png`: sliced W2 and per-mode Frechet vs NFE, trained model and exact score, with the noise floors",
               f"- `{Path(r['checkpoint']).relative_to(Path(r['out']))}`: the checkpoint "

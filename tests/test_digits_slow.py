@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_digits_score_model_beats_tuned_gmm():
-    from benchmarks.training import digits_experiment
+    from sdediff.bench.digits import digits_experiment
 
     res = digits_experiment(train_seconds=480.0, threads=2, num_samples=0, check_images=0)
     assert res["train_seconds"] <= 600.0, "the training budget is at most 10 minutes"

@@ -8,7 +8,7 @@ import torch
 import sdediff as sd
 
 pytest.importorskip("diffusers")
-peers = pytest.importorskip("benchmarks.peers")
+peers = pytest.importorskip("sdediff.bench.peer_samplers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
 
 
@@ -22,7 +22,7 @@ def test_exact_eps_is_the_tweedie_noise():
     alpha = 1.0 / (1.0 + s * s) ** 0.5
     sigma = s * alpha
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
-    x0 = gm.denoise(x, torch.zeros(64, dtype=torch.float64), peers._NoiseLevel(alpha, sigma))
+    x0 = gm.denoise(x, torch.zeros(64, dtype=torch.float64), peers.NoiseLevel(alpha, sigma))
     torch.testing.assert_close(alpha * x0 + sigma * peers.exact_eps(gm, x, s), x, rtol=0, atol=1e-12)
 
 
@@ -31,7 +31,7 @@ def test_peer_lands_on_the_converged_ode_solution(label):
     """A deterministic peer at 100 steps reproduces the exact probability-flow map, sample by sample."""
     gm, n = _ring(), 200
     peer = {p.label: p for p in peers.peer_variants()}[label]
-    z, g = peers._prior(n, 2)
+    z, g = peers.prior(n, 2)
     x, nfe, _ = peer.run(gm, z, g, num_steps=100)
     sde = sd.VPSDE()
     ref = sd.sample(gm.score_fn(sde), sde, (n, 2), sampler="dpm_solver", order=3, steps=400, grid="logsnr",
@@ -44,7 +44,7 @@ def test_budget_counts_model_calls():
     """Heun calls the model twice per step but once on the last: 5 steps fit 9 calls."""
     gm = _ring()
     heun = {p.label: p for p in peers.peer_variants()}["heun"]
-    z, g = peers._prior(50, 2)
+    z, g = peers.prior(50, 2)
     _, nfe, num_steps = heun.run(gm, z, g, budget=10)
     assert (nfe, num_steps) == (9, 5)
 
@@ -52,4 +52,4 @@ def test_budget_counts_model_calls():
 def test_missing_diffusers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ImportError, match=r"\.\[peers\]"):
-        peers._require_diffusers()
+        peers.require_diffusers()
