@@ -1,0 +1,269 @@
+"""from_diffusers: the time convention, parameterizations, folders, and parity with diffusers' samplers."""
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+import sdediff as sd
+from _interop_helpers import OracleUNet, relative_error, tiny_unet
+
+F64 = torch.float64
+
+
+def fake_scheduler(alphas_cumprod, prediction_type="epsilon"):
+    """Anything with ``alphas_cumprod`` and ``config.prediction_type`` is a scheduler here."""
+    return types.SimpleNamespace(alphas_cumprod=alphas_cumprod,
+                                 config=types.SimpleNamespace(prediction_type=prediction_type))
+
+
+def linear_alphas_cumprod(N=1000):
+    return torch.cumprod(1 - torch.linspace(1e-4, 0.02, N, dtype=F64), 0)
+
+
+# ------------------------------------------------------------- conventions
+class _Spy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = None
+
+    def forward(self, x, timesteps):
+        self.seen = timesteps.clone()
+        return types.SimpleNamespace(sample=torch.zeros_like(x))
+
+
+def test_time_convention_and_quantize():
+    ac = linear_alphas_cumprod()
+    spy = _Spy()
+    model = sd.from_diffusers(spy, fake_scheduler(ac))
+    assert isinstance(model.sde, sd.DiscreteVPSDE)
+    k = torch.tensor([0, 1, 499, 999])
+    t = model.time_of(k)
+    assert torch.equal(t, (k.double() + 1) / 1000)
+    assert (model.sde.scale(t) ** 2 - ac[k]).abs().max() < 1e-12  # timestep k has alpha_bar[k]
+    x = torch.zeros(4, 1, 2, 2, dtype=F64)
+    model(x, t)
+    assert (spy.seen - k.double()).abs().max() < 1e-9  # the network sees N t - 1
+    model(x, torch.full((4,), 0.5004, dtype=F64))
+    assert torch.allclose(spy.seen, torch.full((4,), 499.4, dtype=F64))  # continuous, not rounded
+    sd.from_diffusers(spy, fake_scheduler(ac), quantize=True)(x, torch.full((4,), 0.5004, dtype=F64))
+    assert torch.equal(spy.seen, torch.full((4,), 499.0, dtype=F64))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_every_prediction_type_gives_the_oracle_score(prediction_type):
+    oracle = sd.GaussianMixture(*sd.ring_params())
+    sde = sd.DiscreteVPSDE(alphas_cumprod=linear_alphas_cumprod())
+    eps_unet = OracleUNet(oracle, sde)
+
+    class Converted(torch.nn.Module):  # the same network, trained for another target
+        def forward(self, x, k):
+            eps = eps_unet(x, k).sample
+            t = (k + 1) / 1000
+            a, s = sde.scale(t)[:, None], sde.std(t)[:, None]
+            x0 = (x - s * eps) / a
+            out = {"epsilon": eps, "sample": x0, "v_prediction": a * eps - s * x0}[prediction_type]
+            return types.SimpleNamespace(sample=out)
+
+    model = sd.from_diffusers(Converted(), fake_scheduler(sde.alphas_cumprod, prediction_type))
+    x = oracle.sample(64, generator=torch.Generator().manual_seed(0), dtype=F64)
+    t = torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=F64) * 0.98 + 0.01
+    assert torch.allclose(model(x, t), oracle.score_fn(sde)(x, t), rtol=1e-9, atol=1e-9)
+    assert torch.allclose(model.denoise(x, t), oracle.denoise(x, t, sde), rtol=1e-8, atol=1e-8)
+
+
+def test_learned_variance_keeps_the_first_channels():
+    class TwoC(torch.nn.Module):
+        def forward(self, x, k):
+            return types.SimpleNamespace(sample=torch.cat([torch.ones_like(x), 7 * torch.ones_like(x)], 1))
+
+    model = sd.from_diffusers(TwoC(), fake_scheduler(linear_alphas_cumprod()))
+    x = torch.zeros(2, 3, 4, 4, dtype=F64)
+    assert torch.equal(model.eps(x, torch.full((2,), 0.5, dtype=F64)), torch.ones_like(x))
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input_names_the_argument():
+    ac = linear_alphas_cumprod()
+    spy = _Spy()
+    with pytest.raises(TypeError, match="scheduler must have alphas_cumprod"):
+        sd.from_diffusers(spy, types.SimpleNamespace(config=types.SimpleNamespace(prediction_type="epsilon")))
+    with pytest.raises(TypeError, match="needs a scheduler"):
+        sd.from_diffusers(spy)
+    with pytest.raises(ValueError, match="prediction_type.*'flow'"):
+        sd.from_diffusers(spy, fake_scheduler(ac, "flow"))
+
+    class Wrong(torch.nn.Module):
+        def forward(self, x, k):
+            return types.SimpleNamespace(sample=torch.zeros(x.shape[0], 3, 4, 4, dtype=x.dtype))
+
+    model = sd.from_diffusers(Wrong(), fake_scheduler(ac))
+    with pytest.raises(ValueError, match=r"unet returned shape \(2, 3, 4, 4\)"):
+        model(torch.zeros(2, 1, 4, 4, dtype=F64), torch.full((2,), 0.5, dtype=F64))
+    with pytest.raises(TypeError, match="unet must return a tensor"):
+        sd.from_diffusers(lambda x, k: "nope", fake_scheduler(ac))(torch.zeros(2, 1), torch.full((2,), 0.5))
+
+
+def test_folder_without_diffusers_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    with pytest.raises(ImportError, match="pip install"):
+        sd.from_diffusers(tmp_path)
+
+
+def test_folder_errors(tmp_path):
+    pytest.importorskip("diffusers")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        sd.from_diffusers(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="holds no diffusers model"):
+        sd.from_diffusers(tmp_path)
+    tiny_unet().save_pretrained(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
+        sd.from_diffusers(tmp_path / "m")
+
+
+# ------------------------------------------------------- save -> load -> same
+@pytest.mark.parametrize("layout", ["model", "pipeline"])
+def test_save_pretrained_load_identical_outputs(tmp_path, layout):
+    diffusers = pytest.importorskip("diffusers")
+    unet = tiny_unet(seed=3)
+    scheduler = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    if layout == "model":
+        unet.save_pretrained(tmp_path)
+        scheduler.save_pretrained(tmp_path)
+    else:
+        diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path)
+    loaded = sd.from_diffusers(tmp_path, torch_dtype=F64)
+    original = sd.from_diffusers(unet, scheduler)
+    assert loaded.prediction_type == "v_prediction"
+    assert torch.equal(loaded.sde.alphas_cumprod, original.sde.alphas_cumprod)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    t = torch.tensor([0.01, 0.5, 0.97], dtype=F64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), original(x, t))
+
+
+# ---------------------------------------------------------- sampler parity
+STEPS = 10
+
+
+def _diffusers_run(unet, scheduler, x_T):
+    x = x_T.clone()
+    with torch.no_grad():
+        for k in scheduler.timesteps:
+            x = scheduler.step(unet(x, k).sample, k, x).prev_sample
+    return x
+
+
+def _grid(model, scheduler):
+    """diffusers' timesteps as sdediff times, then the final step onto t = 0 (alpha_bar = 1)."""
+    return torch.cat([model.time_of(scheduler.timesteps), torch.zeros(1, dtype=F64)])
+
+
+@pytest.fixture(scope="module")
+def unet():
+    pytest.importorskip("diffusers")
+    return tiny_unet()
+
+
+@pytest.fixture(scope="module")
+def x_T():
+    return torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
+
+
+def test_ddim_matches_diffusers(unet, x_T):
+    from diffusers import DDIMScheduler
+
+    # DDIM steps k -> k - N/steps on alphas_cumprod; the last one, from k = 0, goes to
+    # alpha = 1 (set_alpha_to_one): Tweedie's denoiser at t = 1/N.
+    scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=True)
+    scheduler.set_timesteps(STEPS)
+    ref = _diffusers_run(unet, scheduler, x_T)
+    model = sd.from_diffusers(unet, scheduler)
+    with torch.no_grad():
+        x, nfe = sd.sample(model, model.sde, x_T.shape, sampler="ddim", grid=_grid(model, scheduler), x_T=x_T,
+                           return_nfe=True)
+    # measured 5.5e-8: diffusers computes the schedule's coefficients in float32
+    assert relative_error(x, ref) < 1e-6
+    assert nfe == STEPS
+
+
+def _dpm(unet, x_T, solver_type, steps=STEPS):
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, solver_type=solver_type)
+    scheduler.set_timesteps(steps)
+    return scheduler, _diffusers_run(unet, scheduler, x_T)
+
+
+def _sdediff_2m(unet, scheduler, x_T, **options):
+    model = sd.from_diffusers(unet, scheduler)
+    # diffusers' last step (onto sigma = 0) is first order: the Tweedie landing; the steps
+    # before it are all second order, so sdediff's lower-order final step is switched off.
+    with torch.no_grad():
+        return sd.sample(model, model.sde, x_T.shape, sampler="dpm_solver", grid=_grid(model, scheduler),
+                         x_T=x_T, lower_order_final=False, max_step_ratio=None, **options)
+
+
+def test_dpm_solver_2m_midpoint_matches_diffusers(unet, x_T):
+    if "solver_type" not in inspect.signature(sd.available_samplers()["dpm_solver"].fn).parameters:
+        pytest.skip("dpm_solver has no solver_type option yet (diffusers' midpoint 2M)")
+    scheduler, ref = _dpm(unet, x_T, "midpoint")
+    x = _sdediff_2m(unet, scheduler, x_T, solver_type="midpoint")
+    assert relative_error(x, ref) < 1e-6  # measured 6.6e-8 (float32 sigmas in diffusers)
+
+
+def test_dpm_solver_2m_exact_integral_is_diffusers_heun_form(unet, x_T):
+    # The exact integral of the linear interpolant is diffusers' solver_type="heun" update.
+    scheduler, ref = _dpm(unet, x_T, "heun")
+    x = _sdediff_2m(unet, scheduler, x_T)
+    assert relative_error(x, ref) < 1e-6  # measured 7.4e-8
+
+
+def test_dpm_solver_2m_exact_integral_agrees_with_midpoint_to_third_order_per_step(unet, x_T):
+    # The two 2M forms differ by O(h^3) per step, O(h^2) over the run: doubling the steps
+    # cuts the difference towards 4x (measured 4.9e-3, 2.1e-3, 6.4e-4, 1.8e-4 at 10, 20,
+    # 40, 80 steps: ratios 2.3, 3.3, 3.6).
+    diffs = []
+    for steps in (10, 20, 40):
+        scheduler, ref = _dpm(unet, x_T, "midpoint", steps)
+        diffs.append(relative_error(_sdediff_2m(unet, scheduler, x_T), ref))
+    assert diffs[0] < 1e-2 and diffs[2] < diffs[1] / 2.5, diffs
+
+
+# --------------------------------------------------- the oracle through it
+def _oracle_model(oracle, N=50):
+    # A 50-step discrete schedule: the likelihood's solver stops at its 49 breakpoints (jump_t),
+    # where f and g jump, and keeps its 5th order (see DiscreteVPSDE.breakpoints).
+    sde = sd.DiscreteVPSDE.from_schedule("linear", N=N, beta_start=2e-3, beta_end=0.35)
+    model = sd.from_diffusers(OracleUNet(oracle, sde), fake_scheduler(sde.alphas_cumprod))
+    return model, model.sde
+
+
+def test_oracle_eps_model_gives_the_exact_log_likelihood():
+    oracle = sd.GaussianMixture(*sd.ring_params())
+    model, sde = _oracle_model(oracle)
+    x = oracle.sample(100, generator=torch.Generator().manual_seed(2), dtype=F64)
+    res = sd.log_likelihood(model, sde, x, eps=1e-5, rtol=1e-5, atol=1e-5, options={"jump_t": sde.breakpoints})
+    exact = oracle.marginal_log_prob(x, 1e-5, sde)
+    # the N(0, I) prior's mismatch (alpha_bar_N = 4e-5) included; measured 7.4e-5 nats
+    assert float((res.logp - exact).abs().mean()) < 1e-3
+
+
+def test_oracle_eps_model_bits_per_dim_on_8x8_images():
+    g = torch.Generator().manual_seed(0)
+    means = 0.5 * torch.rand(5, 64, generator=g, dtype=F64) - 0.25
+    oracle = sd.GaussianMixture(means, torch.full((5,), 0.3, dtype=F64), torch.ones(5, dtype=F64))
+    model, sde = _oracle_model(oracle)
+    x = oracle.sample(6, generator=g, dtype=F64).reshape(6, 1, 8, 8)
+    res = sd.log_likelihood(model, sde, x, eps=1e-5, rtol=1e-5, atol=1e-5, options={"jump_t": sde.breakpoints},
+                            prior_logp=lambda z: oracle.marginal_log_prob(z.reshape(z.shape[0], -1), sde.T, sde))
+    exact = oracle.marginal_log_prob(x.reshape(6, -1), 1e-5, sde)
+    assert float((res.logp - exact).abs().max()) < 1e-3  # measured 1.9e-6 (exact p_T closing)
+    # 256 levels on [-1, 1], uniform dequantization: bpd = -log p / (64 ln 2) + log2(256 / 2)
+    exact_bpd = -exact / (64 * math.log(2)) + 7.0
+    assert torch.allclose(res.bpd(256, -1.0, 1.0), exact_bpd, atol=1e-3 / (64 * math.log(2)), rtol=0)
+    assert torch.allclose(res.bpd(None), -exact / (64 * math.log(2)), atol=1e-3, rtol=0)
