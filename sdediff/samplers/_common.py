@@ -52,7 +52,7 @@ def time_grid(sde: SDE, steps: int, eps: float = 1e-3, kind: str = "uniform", rh
             sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
             lam = -sig.log()
         ts = sde.t_from_log_snr(lam).to(torch.float64)
-        ts[0], ts[-1] = T, eps  # pin the ends against round-off of the inversion
+    ts[0], ts[-1] = T, eps  # pin the ends against round-off (of the inversion, or eps + (T - eps))
     return ts.to(dtype=dtype, device=device)
 
 

@@ -14,10 +14,11 @@ from .dpm_solver import dpm_solver
 __all__ = ["unipc"]
 
 
-@register_sampler("unipc", nfe_per_step=1, order=3, stochastic=False, linear_only=True)
+@register_sampler("unipc", nfe_per_step=1, order=3, stochastic=False, linear_only=True,
+                  grid="quadratic", steps=20, denoise=False)
 def unipc(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, progress: bool = False,
-          callback=None, order: int = 2, lower_order_final: bool = True,
-          prediction: str = "data") -> Tensor:
+          callback=None, order: int = 2, max_step_ratio: float | None = 1.0,
+          lower_order_final: bool = False, prediction: str = "data") -> Tensor:
     """UniPC (Zhao et al. 2023): DPM-Solver++ multistep with the UniC corrector, 1 NFE/step.
 
     The predictor is the ``order``-node multistep update; the corrector redoes each step
@@ -29,11 +30,13 @@ def unipc(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, progr
         score, sde, x, ts, generator, progress, callback: the sampler contract.
         order: predictor order, 1-3 (``order=1``: a DDIM predictor with a trapezoid-like
             corrector, order 2).
-        lower_order_final, prediction: as in :func:`dpm_solver` (``prediction="noise"``:
-            UniPC with noise prediction, Zhao et al. 2023's ``predict_x0=False``).
+        max_step_ratio, lower_order_final, prediction: as in :func:`dpm_solver`
+            (``prediction="noise"``: UniPC with noise prediction, Zhao et al. 2023's
+            ``predict_x0=False``).
     """
     return dpm_solver(score, sde, x, ts, progress=progress, callback=callback, order=order,
-                      method="multistep", lower_order_final=lower_order_final, corrector=True,
+                      method="multistep", max_step_ratio=max_step_ratio,
+                      lower_order_final=lower_order_final, corrector=True,
                       prediction=prediction)
 
 
