@@ -21,7 +21,7 @@ from ..sde import LinearSDE
 from . import register_sampler
 from ._common import tweedie
 from .ddim import schedule
-from .dpm_solver import _check_options, _combine, _times_at, _weights
+from ._exponential import _check_options, _combine, _times_at, _weights
 
 __all__ = ["dpm_solver_adaptive"]
 
