@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .._random import as_generator
 from ..sde import SDE, LinearSDE
 from ..samplers import GuardedScore, available_samplers, time_grid
 from .posterior import pigdm_score, sde_dpm_solver_2m
@@ -103,7 +104,7 @@ def _resolve_shapes(observed, mask, shape) -> tuple[Tensor, Tensor, tuple[int, .
 
 def inpaint(score_fn: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE, observed: Tensor, mask: Tensor, *,
             method: str = "pigdm", sampler: str | None = None, steps: int = 50, shape=None,
-            generator: torch.Generator | None = None, resample: int | None = None, jump_length: int = 1,
+            generator: torch.Generator | int | None = None, resample: int | None = None, jump_length: int = 1,
             eps: float = 1e-3, grid: str = "quadratic", denoise: bool = True, callback: Callable | None = None,
             dtype: torch.dtype | None = None, device=None, return_nfe: bool = False, **options):
     """Sample ``x0`` whose observed coordinates (``mask == True``) equal ``observed``.
@@ -156,7 +157,7 @@ def inpaint(score_fn: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE, observ
         steps: the grid's number of intervals (default 50: 51 NFE for "pigdm" and "replacement").
         shape: the output shape ``(B, *dims)``; default ``observed.shape`` (then ``observed``
             must carry the batch).
-        generator: the source of all randomness.
+        generator: the source of all randomness: a ``torch.Generator`` or an int seed.
         resample: ``"repaint"``: how many times each block of ``jump_length`` steps is denoised
             (default 4); must be 1 or omitted for the other methods.
         jump_length: ``"repaint"``: steps per resampled block (default 1).
@@ -209,6 +210,7 @@ def inpaint(score_fn: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE, observ
     if dtype is None:
         dtype = observed.dtype if observed.is_floating_point() else torch.get_default_dtype()
     device = observed.device if device is None else torch.device(device)
+    generator = as_generator(generator, device)
     mask = mask.to(device)
     observed = torch.where(mask, observed.to(device=device, dtype=dtype), torch.zeros((), dtype=dtype, device=device))
     if not bool(torch.isfinite(observed).all()):

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .._random import as_generator
 from ..sde import LinearSDE
 
 __all__ = ["plug_and_play", "pnp_times"]
@@ -53,7 +54,7 @@ def _finite_positive(name: str, value) -> float:
 def plug_and_play(score_fn: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE,
                   log_constraint: Callable[[Tensor], Tensor], x_init: Tensor | None = None, *,
                   shape=None, steps: int = 200, lr: float = 0.02, t_max: float = 0.5, t_min: float = 0.02,
-                  t_schedule: str | Tensor = "linear", generator: torch.Generator | None = None,
+                  t_schedule: str | Tensor = "linear", generator: torch.Generator | int | None = None,
                   dtype: torch.dtype | None = None, device=None) -> Tensor:
     """Plug-and-play MAP-like estimate of ``p(x | y) ~ p(x) c(x, y)`` (Graikos et al. 2022, Alg. 1).
 
@@ -91,6 +92,7 @@ def plug_and_play(score_fn: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE,
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"sde must be a LinearSDE (scale/std), got {type(sde).__name__}")
     lr = _finite_positive("lr", lr)
+    generator = as_generator(generator)
     if isinstance(t_schedule, Tensor):
         ts = t_schedule.detach().to(torch.float64).cpu()
         if ts.dim() != 1 or ts.numel() < 1 or not bool(((ts > 0) & (ts <= sde.T)).all()):

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .._random import as_generator
 from .base import SDE, _check_finite_positive, _check_shape, broadcast_like
 
 __all__ = ["LinearSDE"]
@@ -129,9 +130,10 @@ class LinearSDE(SDE):
         t = self._time(t, x0)
         return broadcast_like(self.scale(t), x0) * x0, self.std(t)
 
-    def prior_sampling(self, shape, generator: torch.Generator | None = None,
+    def prior_sampling(self, shape, generator: torch.Generator | int | None = None,
                        dtype: torch.dtype | None = None, device=None) -> Tensor:
         shape = _check_shape(shape)
+        generator = as_generator(generator, device)
         if device is None and generator is not None:
             device = generator.device
         z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
