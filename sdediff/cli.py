@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from .bench import BENCHMARKS
 from .checkpoint import WHICH
+from .conditional_runs import add_options as add_conditional_options
 from .likelihood import TRACE_ESTIMATORS
 from .parameterization import PARAMETERIZATIONS
 from .runs import DATA_SETS, NETS, SDES, parse_device, require_matplotlib
@@ -190,6 +191,7 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
     o.add("--max-seconds", type=_positive_float, default=None, help="stop after this many seconds")
     o.add("--checkpoint-every", type=_positive_int, default=1000, help="steps between checkpoints")
     o.add("--resume", action="store_true", help="continue the run in OUT from its latest checkpoint")
+    add_conditional_options(o, "train")  # --conditional, --p-uncond
     o.add("--device", **device)
     o.add("--progress", **progress)
 
@@ -203,7 +205,9 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
     o.add("--n", type=_positive_int, default=1000, help="number of samples (default: 1000)")
     o.add("--out", type=_sample_file, required=True,
           help="output file, .npy (raw array) or .png (scatter / image grid)")
-    o.add("--seed", type=_nonneg_int, default=0, help="random seed (default: 0)")
+    o.add("--seed", type=_nonneg_int, default=0,
+          help="sample i uses seed + i, so the output is the same under 'torchrun --nproc_per_node K' "
+               "(ranks take shards of the seeds; rank 0 writes) (default: 0)")
     grids = ("uniform", "quadratic", "karras", "logsnr")
     o.add("--grid", type=_choice("--grid", lambda: grids), default="uniform", metavar="|".join(grids),
           help="time grid (default: uniform)")
@@ -211,6 +215,7 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
     o.add("--denoise", action=argparse.BooleanOptionalAction, default=True,
           help="finish with Tweedie's denoising step (+1 NFE)")
     o.add("--which", **which)
+    add_conditional_options(o, "sample")  # --class, --guidance
     o.add("--device", **device)
     o.add("--progress", **progress)
 
@@ -244,7 +249,8 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
     o = _command(sub, options, "bench", "run a benchmark (steps, likelihood, training, peers)",
                  "Run one of the benchmarks of sdediff.bench. Results (JSON, markdown, PNG) go to --out "
                  "(default: ./bench-results); the path is printed. Further arguments go to the benchmark "
-                 "('sdediff bench steps --help').")
+                 "('sdediff bench steps --help'). 'sdediff bench steps --ckpt RUN' (or --model MODULE:FUNCTION "
+                 "--data NAME_OR_FILE) runs the step-count benchmark on your own model instead of the oracle.")
     o.parser.add_argument("name", type=_choice("benchmark", lambda: BENCHMARKS), metavar="|".join(BENCHMARKS),
                           help="which benchmark")
     o.add("--quick", action="store_true", help="the benchmark's quick mode")

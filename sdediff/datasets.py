@@ -10,6 +10,17 @@ the same samples. All sets are roughly centred with coordinates of order 1-4.
 ``ring`` is an exact Gaussian mixture (:func:`ring_params` returns its parameters), so it has a
 closed-form oracle (``sdediff.GaussianMixture(*ring_params())``).
 
+Labels
+------
+``toy_data(name, n, ..., return_labels=True)`` (and each sampler's ``return_labels=True``) also
+returns an ``int64`` tensor ``(n,)`` of classes where the set has natural ones
+(:data:`TOY_NUM_CLASSES`): the ring's modes (label ``k`` is the component of mean
+``mu_k``, so ``GaussianMixture(*ring_params(), labels=torch.arange(K))`` is the labelled
+oracle), the two moons, the pinwheel's arms, the two spirals, the two circles and the
+checkerboard's 8 squares. ``swiss_roll`` is one curve with no classes: asking for its labels is
+a ``ValueError``. The labels come from the same draw: the points are those of
+``return_labels=False`` with the same generator.
+
 Digits
 ------
 :func:`load_digits_tensors` wraps :func:`sklearn.datasets.load_digits` (1,797 images bundled with
@@ -22,20 +33,21 @@ the digits. Those names are re-exported here (the same functions) for older code
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .digits import (DIGITS_NUM_CLASSES, DIGITS_NUM_LEVELS, DIGITS_SPLIT_SIZES, digits_split_indices,
+                     load_digits_tensors)
 from .quantization import (_as_generator, dequantization_bpd_offset, dequantization_log_jacobian,
                            dequantize, levels_to_range, range_to_levels)
 
 __all__ = [
     "TOY_DATASETS", "toy_data", "ring", "ring_params", "moons", "swiss_roll", "checkerboard", "pinwheel",
-    "two_spirals", "circles", "DIGITS_NUM_LEVELS", "DIGITS_SPLIT_SIZES", "digits_split_indices",
+    "two_spirals", "circles", "TOY_NUM_CLASSES", "DIGITS_NUM_LEVELS", "DIGITS_NUM_CLASSES", "DIGITS_SPLIT_SIZES",
+    "digits_split_indices",
     "load_digits_tensors",
     # re-exported from sdediff.quantization
     "dequantize", "dequantization_log_jacobian", "dequantization_bpd_offset", "levels_to_range",
@@ -71,6 +83,11 @@ def _check_n(n: int) -> None:
 def _finish(x: torch.Tensor, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
     """Cast samples (drawn in float64 on the generator's device) and move them to ``device``."""
     return x.to(dtype=dtype, device=device if device is not None else x.device)
+
+
+def _labelled(x: torch.Tensor, labels: torch.Tensor, return_labels: bool):
+    """``x``, or ``(x, labels)`` with the labels as ``int64`` on ``x``'s device."""
+    return (x, labels.to(device=x.device, dtype=torch.int64)) if return_labels else x
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,7 +140,8 @@ def ring(
     num_modes: int = RING_NUM_MODES,
     radius: float = RING_RADIUS,
     std: float = RING_STD,
-) -> torch.Tensor:
+    return_labels: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Samples of the Gaussian mixture described by :func:`ring_params` (default: 8 modes, radius 2, std 0.1).
 
     Args:
@@ -134,20 +152,22 @@ def ring(
         num_modes: Number of mixture components.
         radius: Radius of the circle of means.
         std: Standard deviation of each component.
+        return_labels: also return the class of each sample: the mode index ``k`` in ``0..num_modes-1``.
 
     Returns:
-        Tensor of shape ``(n, 2)``.
+        Tensor of shape ``(n, 2)``, or ``(x, labels)`` with ``labels`` ``int64`` of shape ``(n,)``.
     """
     _check_n(n)
     gen = _as_generator(generator)
     means, stds, _ = (p.to(_rng_device(gen)) for p in ring_params(num_modes, radius, std))
     k = _randint(num_modes, (n,), gen)  # equal weights: a uniform component index
     x = means[k] + stds[k, None] * _randn((n, 2), gen, torch.float64)
-    return _finish(x, dtype, device)
+    return _labelled(_finish(x, dtype, device), k, return_labels)
 
 
 def moons(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
-          device: torch.device | str | None = None) -> torch.Tensor:
+          device: torch.device | str | None = None, *,
+          return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Two interleaving half circles (as scikit-learn's ``make_moons``), centred and scaled by 2, noise std 0.1.
 
     Upper moon ``(cos a, sin a)``, lower moon ``(1 - cos a, 1/2 - sin a)``, ``a ~ U[0, pi]``,
@@ -158,9 +178,10 @@ def moons(n: int, generator: torch.Generator | int | None = None, dtype: torch.d
         generator: ``torch.Generator``, ``int`` seed, or ``None`` for the global RNG.
         dtype: Floating dtype of the result.
         device: Device of the result (default: the generator's device, else CPU).
+        return_labels: also return the class of each sample: ``0`` for the upper moon, ``1`` for the lower one.
 
     Returns:
-        Tensor of shape ``(n, 2)``.
+        Tensor of shape ``(n, 2)``, or ``(x, labels)`` with ``labels`` ``int64`` of shape ``(n,)``.
     """
     _check_n(n)
     gen = _as_generator(generator)
@@ -169,7 +190,8 @@ def moons(n: int, generator: torch.Generator | int | None = None, dtype: torch.d
     px = torch.where(lower, 1.0 - torch.cos(a), torch.cos(a))
     py = torch.where(lower, 0.5 - torch.sin(a), torch.sin(a))
     p = torch.stack([px - 0.5, py - 0.25], dim=1)
-    return _finish(2.0 * p + 0.1 * _randn((n, 2), gen, torch.float64), dtype, device)
+    x = _finish(2.0 * p + 0.1 * _randn((n, 2), gen, torch.float64), dtype, device)
+    return _labelled(x, lower.long(), return_labels)
 
 
 def swiss_roll(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
@@ -193,7 +215,8 @@ def swiss_roll(n: int, generator: torch.Generator | int | None = None, dtype: to
 
 
 def checkerboard(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+                 device: torch.device | str | None = None, *,
+                 return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Uniform density on the 8 "black" squares of a 4x4 checkerboard covering ``[-4, 4]^2``.
 
     Each square has side 2; a square with lower-left corner ``(2i - 4, 2j - 4)`` is occupied when
@@ -204,16 +227,20 @@ def checkerboard(n: int, generator: torch.Generator | int | None = None, dtype: 
         generator: ``torch.Generator``, ``int`` seed, or ``None`` for the global RNG.
         dtype: Floating dtype of the result.
         device: Device of the result (default: the generator's device, else CPU).
+        return_labels: also return the class of each sample: the square, ``2 * column + row // 2``
+            (0..7; columns and rows of the 4x4 board counted from the lower left).
 
     Returns:
-        Tensor of shape ``(n, 2)``.
+        Tensor of shape ``(n, 2)``, or ``(x, labels)`` with ``labels`` ``int64`` of shape ``(n,)``.
     """
     _check_n(n)
     gen = _as_generator(generator)
     x1 = 4.0 * _rand((n,), gen, torch.float64) - 2.0  # in [-2, 2)
     x2 = _rand((n,), gen, torch.float64) - 2.0 * _randint(2, (n,), gen).to(torch.float64)  # [-2, 1)
     x2 = x2 + torch.floor(x1) % 2  # shift every other column up by one unit
-    return _finish(2.0 * torch.stack([x1, x2], dim=1), dtype, device)
+    x = _finish(2.0 * torch.stack([x1, x2], dim=1), dtype, device)
+    column, row = (torch.floor(x1) + 2).long(), (torch.floor(x2) + 2).long()
+    return _labelled(x, 2 * column + row // 2, return_labels)
 
 
 def pinwheel(
@@ -226,7 +253,8 @@ def pinwheel(
     radial_std: float = 0.3,
     tangential_std: float = 0.1,
     rate: float = 0.25,
-) -> torch.Tensor:
+    return_labels: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """A pinwheel of ``num_arms`` curved arms (Johnson et al. 2016, as in FFJORD's toy sets).
 
     A point ``f = (1 + radial_std z1, tangential_std z2)`` on arm ``k`` (uniform) is rotated by
@@ -241,9 +269,10 @@ def pinwheel(
         radial_std: Radial noise before the twist.
         tangential_std: Tangential noise before the twist.
         rate: Twist rate.
+        return_labels: also return the class of each sample: the arm ``k`` in ``0..num_arms-1``.
 
     Returns:
-        Tensor of shape ``(n, 2)``.
+        Tensor of shape ``(n, 2)``, or ``(x, labels)`` with ``labels`` ``int64`` of shape ``(n,)``.
     """
     _check_n(n)
     gen = _as_generator(generator)
@@ -253,11 +282,12 @@ def pinwheel(
     angle = 2.0 * math.pi * arm / num_arms + rate * torch.exp(f[:, 0])
     c, s = torch.cos(angle), torch.sin(angle)
     x = torch.stack([c * f[:, 0] - s * f[:, 1], s * f[:, 0] + c * f[:, 1]], dim=1)
-    return _finish(2.0 * x, dtype, device)
+    return _labelled(_finish(2.0 * x, dtype, device), arm.long(), return_labels)
 
 
 def two_spirals(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
-                device: torch.device | str | None = None) -> torch.Tensor:
+                device: torch.device | str | None = None, *,
+                return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Two interleaved spirals (point-symmetric), 1.5 turns each, as in FFJORD's ``2spirals``.
 
     ``r = sqrt(u) * 3 pi`` (``u ~ U[0, 1]``), ``p = (-r cos r + 0.5 v1, r sin r + 0.5 v2)``
@@ -268,21 +298,25 @@ def two_spirals(n: int, generator: torch.Generator | int | None = None, dtype: t
         generator: ``torch.Generator``, ``int`` seed, or ``None`` for the global RNG.
         dtype: Floating dtype of the result.
         device: Device of the result (default: the generator's device, else CPU).
+        return_labels: also return the class of each sample: ``0`` for the spiral of sign ``+1``, ``1`` for the other.
 
     Returns:
-        Tensor of shape ``(n, 2)``.
+        Tensor of shape ``(n, 2)``, or ``(x, labels)`` with ``labels`` ``int64`` of shape ``(n,)``.
     """
     _check_n(n)
     gen = _as_generator(generator)
     r = torch.sqrt(_rand((n,), gen, torch.float64)) * 3.0 * math.pi  # 540 degrees
     jitter = 0.5 * _rand((n, 2), gen, torch.float64)
     p = torch.stack([-torch.cos(r) * r, torch.sin(r) * r], dim=1) + jitter
-    sign = 1.0 - 2.0 * _randint(2, (n, 1), gen).to(torch.float64)
-    return _finish(sign * p / 3.0 + 0.1 * _randn((n, 2), gen, torch.float64), dtype, device)
+    flip = _randint(2, (n, 1), gen)
+    sign = 1.0 - 2.0 * flip.to(torch.float64)
+    x = _finish(sign * p / 3.0 + 0.1 * _randn((n, 2), gen, torch.float64), dtype, device)
+    return _labelled(x, flip[:, 0].long(), return_labels)
 
 
 def circles(n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
-            device: torch.device | str | None = None) -> torch.Tensor:
+            device: torch.device | str | None = None, *,
+            return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Two concentric circles of radii 3 and 1.5 (as ``make_circles(factor=0.5, noise=0.08)`` scaled by 3).
 
     Each point picks a circle with probability 1/2 and a uniform angle; then noise ``0.24 z``.
@@ -292,16 +326,20 @@ def circles(n: int, generator: torch.Generator | int | None = None, dtype: torch
         generator: ``torch.Generator``, ``int`` seed, or ``None`` for the global RNG.
         dtype: Floating dtype of the result.
         device: Device of the result (default: the generator's device, else CPU).
+        return_labels: also return the class of each sample: ``0`` for the outer circle (radius 3),
+            ``1`` for the inner one.
 
     Returns:
-        Tensor of shape ``(n, 2)``.
+        Tensor of shape ``(n, 2)``, or ``(x, labels)`` with ``labels`` ``int64`` of shape ``(n,)``.
     """
     _check_n(n)
     gen = _as_generator(generator)
     a = 2.0 * math.pi * _rand((n,), gen, torch.float64)
-    radius = 3.0 - 1.5 * _randint(2, (n,), gen).to(torch.float64)
+    inner = _randint(2, (n,), gen)
+    radius = 3.0 - 1.5 * inner.to(torch.float64)
     x = radius[:, None] * torch.stack([torch.cos(a), torch.sin(a)], dim=1)
-    return _finish(x + 0.24 * _randn((n, 2), gen, torch.float64), dtype, device)
+    x = _finish(x + 0.24 * _randn((n, 2), gen, torch.float64), dtype, device)
+    return _labelled(x, inner.long(), return_labels)
 
 
 _TOY_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -317,10 +355,16 @@ _TOY_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 #: Names accepted by :func:`toy_data`.
 TOY_DATASETS: tuple[str, ...] = tuple(_TOY_SAMPLERS)
 
+#: The number of classes of each labelled toy set (``toy_data(..., return_labels=True)``); the
+#: sets not listed (``swiss_roll``) have no natural classes.
+TOY_NUM_CLASSES: dict[str, int] = {"ring": RING_NUM_MODES, "moons": 2, "checkerboard": 8, "pinwheel": 5,
+                                   "two_spirals": 2, "circles": 2}
+
 
 def toy_data(name: str, n: int, generator: torch.Generator | int | None = None, dtype: torch.dtype = torch.float32,
-             device: torch.device | str | None = None) -> torch.Tensor:
-    """Draw ``n`` samples of a named 2-D toy distribution.
+             device: torch.device | str | None = None, *,
+             return_labels: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``n`` samples of a named 2-D toy distribution (and their classes, see :data:`TOY_NUM_CLASSES`).
 
     Args:
         name: One of :data:`TOY_DATASETS`.
@@ -328,118 +372,24 @@ def toy_data(name: str, n: int, generator: torch.Generator | int | None = None, 
         generator: ``torch.Generator``, ``int`` seed, or ``None`` for the global RNG.
         dtype: Floating dtype of the result.
         device: Device of the result (default: the generator's device, else CPU).
+        return_labels: also return the class of each sample: ``int64`` in
+            ``0..TOY_NUM_CLASSES[name]-1`` (the same points as without it, for the same generator).
 
     Returns:
-        Tensor of shape ``(n, 2)``.
+        Tensor of shape ``(n, 2)``, or ``(x, labels)`` with ``labels`` of shape ``(n,)``.
 
     Raises:
-        ValueError: If ``name`` is unknown or ``n`` is negative.
+        ValueError: If ``name`` is unknown, ``n`` is negative, or labels are asked of a set without
+            classes (``swiss_roll``).
         TypeError: If ``generator`` is neither a generator, an int nor ``None``.
     """
     if name not in _TOY_SAMPLERS:
         raise ValueError(f"name must be one of {TOY_DATASETS}, got {name!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    return _TOY_SAMPLERS[name](n, generator, dtype, device)
-
-
-# --------------------------------------------------------------------------------------------
-# scikit-learn digits
-# --------------------------------------------------------------------------------------------
-
-#: Grey levels of the digits images: integers ``0..16``.
-DIGITS_NUM_LEVELS = 17
-
-#: Sizes of the fixed split of the 1,797 digits (train and val together form the training pool).
-DIGITS_SPLIT_SIZES: dict[str, int] = {"train": 1297, "val": 200, "test": 300}
-
-_DIGITS_TOTAL = 1797
-_DIGITS_SPLITS = ("train", "val", "test", "trainval")
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits  # bundled with scikit-learn; nothing is downloaded
-
-    bunch = load_digits()
-    images = np.rint(bunch.images).astype(np.int64)  # (1797, 8, 8), values 0..16
-    labels = bunch.target.astype(np.int64)
-    if images.shape[0] != _DIGITS_TOTAL:
-        raise RuntimeError(f"expected {_DIGITS_TOTAL} digits from scikit-learn, got {images.shape[0]}")
-    return images, labels
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_permutation() -> tuple[int, ...]:
-    # Sort indices by a cryptographic hash: a fixed permutation that no library version can change.
-    key = lambda i: hashlib.sha256(f"sdediff-digits-{i}".encode()).digest()  # noqa: E731
-    return tuple(sorted(range(_DIGITS_TOTAL), key=key))
-
-
-def digits_split_indices(split: str = "train") -> torch.Tensor:
-    """Indices (into ``sklearn.datasets.load_digits()`` order) of a fixed digits split.
-
-    The 1,797 images are ordered by a fixed pseudo-random permutation (indices sorted by the
-    SHA-256 hash of ``"sdediff-digits-{i}"``, independent of any RNG or library version).
-    The first 300 form ``"test"``; the remaining 1,497 form the training pool ``"trainval"``,
-    of which the first 200 are ``"val"`` and the last 1,297 are ``"train"``. Test images never
-    enter the training pool, and ``"val"`` is carved out of it.
-
-    Args:
-        split: ``"train"`` (1,297), ``"val"`` (200), ``"test"`` (300) or ``"trainval"`` (1,497).
-
-    Returns:
-        Sorted ``int64`` tensor of indices.
-
-    Raises:
-        ValueError: If ``split`` is unknown.
-    """
-    if split not in _DIGITS_SPLITS:
-        raise ValueError(f"split must be one of {_DIGITS_SPLITS}, got {split!r}")
-    perm = _digits_permutation()
-    n_test, n_val = DIGITS_SPLIT_SIZES["test"], DIGITS_SPLIT_SIZES["val"]
-    chosen = {
-        "test": perm[:n_test],
-        "val": perm[n_test : n_test + n_val],
-        "train": perm[n_test + n_val :],
-        "trainval": perm[n_test:],
-    }[split]
-    return torch.tensor(sorted(chosen), dtype=torch.int64)
-
-
-def load_digits_tensors(
-    split: str = "train",
-    *,
-    output: str = "levels",
-    low: float = -1.0,
-    high: float = 1.0,
-    dtype: torch.dtype = torch.float32,
-    return_labels: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The scikit-learn digits as tensors of shape ``(n, 1, 8, 8)``.
-
-    Args:
-        split: ``"train"``, ``"val"``, ``"test"`` or ``"trainval"``; see :func:`digits_split_indices`.
-        output: ``"levels"`` for the integer grey levels ``0..16`` (``int64``), or ``"range"`` for
-            the bin centres in ``[low, high]`` (:func:`levels_to_range`). For likelihoods, load
-            levels and :func:`dequantize` them.
-        low: Lower end of the continuous range (``output="range"``).
-        high: Upper end of the continuous range (``output="range"``).
-        dtype: Floating dtype for ``output="range"``.
-        return_labels: Also return the class labels ``0..9`` (``int64``, shape ``(n,)``).
-
-    Returns:
-        The images, or ``(images, labels)`` when ``return_labels`` is true.
-
-    Raises:
-        ValueError: If ``split`` or ``output`` is unknown, or ``low >= high``.
-    """
-    if output not in ("levels", "range"):
-        raise ValueError(f"output must be one of ('levels', 'range'), got {output!r}")
-    index = digits_split_indices(split).numpy()
-    images, labels = _digits_arrays()
-    levels = torch.from_numpy(images[index].copy()).unsqueeze(1)
-    x = levels if output == "levels" else levels_to_range(levels, DIGITS_NUM_LEVELS, low, high, dtype=dtype)
-    if return_labels:
-        return x, torch.from_numpy(labels[index].copy())
-    return x
+    if not return_labels:
+        return _TOY_SAMPLERS[name](n, generator, dtype, device)
+    if name not in TOY_NUM_CLASSES:
+        raise ValueError(f"toy set {name!r} has no classes, so it has no labels; labelled sets: "
+                         f"{', '.join(TOY_NUM_CLASSES)}")
+    return _TOY_SAMPLERS[name](n, generator, dtype, device, return_labels=True)

@@ -64,7 +64,7 @@ def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
 
 # ------------------------------------------------------------------------------ data and SDEs
 def load_data(name: str, split: str, n: int, seed: int, dtype: torch.dtype | None = None,
-              device: torch.device | str | None = None) -> torch.Tensor:
+              device: torch.device | str | None = None, return_labels: bool = False):
     """Examples of a named data set: toy sets ``(n, 2)``; digits ``(n, 1, 8, 8)`` in ``[-1, 1]``.
 
     Args:
@@ -75,24 +75,26 @@ def load_data(name: str, split: str, n: int, seed: int, dtype: torch.dtype | Non
         seed: seeds the draw / the dequantization noise.
         dtype: default ``float32``.
         device: where the examples go.
+        return_labels: also return the examples' classes (``int64``, ``(n,)``).
 
     Raises:
-        ValueError: an unknown data set or split.
+        ValueError: an unknown data set or split; labels of a set without classes.
     """
     check_choice("data set", name, DATA_SETS)
     check_choice("split", split, ("train", "test"))
     dtype = dtype or torch.float32
     gen = torch.Generator().manual_seed(seed + (TEST_SEED_OFFSET if split == "test" else 0))
     if name != "digits":
-        return toy_data(name, n, generator=gen, dtype=dtype, device=device)
-    levels = load_digits_tensors(split)
+        return toy_data(name, n, generator=gen, dtype=dtype, device=device, return_labels=return_labels)
+    levels, labels = load_digits_tensors(split, return_labels=True)
     if split == "test":
-        levels = levels[:n]
+        levels, labels = levels[:n], labels[:n]
     else:
         reps = max(1, math.ceil(n / levels.shape[0]))
-        levels = levels.repeat(reps, 1, 1, 1)[:max(n, 1)]
+        levels, labels = levels.repeat(reps, 1, 1, 1)[:max(n, 1)], labels.repeat(reps)[:max(n, 1)]
     x = dequantize(levels, DIGITS_NUM_LEVELS, generator=gen, dtype=dtype)
-    return x.to(device) if device is not None else x
+    x = x.to(device) if device is not None else x
+    return (x, labels.to(x.device)) if return_labels else x
 
 
 def make_sde(kind: str, data: str, sigma_max: float | None = None):
@@ -219,21 +221,27 @@ def train(data: str, steps: int, out: str | os.PathLike, *, sde: str = "vp", net
           weighting: str = "score", importance_sampling: bool = False, warmup: int = 100,
           lr_schedule: str = "cosine", ema_decay: float = 0.999, sigma_max: float | None = None,
           max_seconds: float | None = None, checkpoint_every: int = 1000, resume: bool = False,
+          conditional: bool = False, p_uncond: float = 0.1,
           device: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """``sdediff train``: train a score model on a named data set into the run folder ``out``.
 
     Writes ``out/run.json`` (these arguments) and ``out/checkpoints/``; the keywords are the
-    command's long flags. Returns the latest checkpoint folder.
+    command's long flags. Returns the latest checkpoint folder. ``conditional``: a class-conditional
+    net on the data set's labels, each dropped with probability ``p_uncond``; ``run.json``
+    records ``num_classes`` (see :mod:`sdediff.conditional_runs`).
 
     Raises:
         ValueError: inconsistent options, or ``out`` already holds a run and ``resume`` is false.
         FileNotFoundError: ``resume`` without a checkpoint in ``out``.
     """
     info = {k: v for k, v in locals().items() if k not in ("resume", "progress", "log")}  # the arguments
+    from .conditional_runs import data_num_classes
     from .nets import build_net
     from .parameterization import ScoreModel
     from .training import Trainer
 
+    info["num_classes"] = num_classes = data_num_classes(data) if conditional else None
+    info["p_uncond"] = p_uncond if conditional else None  # no labels to drop in an unconditional run
     if net == "unet" and data != "digits":
         raise ValueError(f"--net unet needs image data (--data digits), got --data {data}; use --net mlp")
     if importance_sampling and weighting != "likelihood":
@@ -246,20 +254,22 @@ def train(data: str, steps: int, out: str | os.PathLike, *, sde: str = "vp", net
     if resume and not has_ckpt:
         raise FileNotFoundError(f"--resume: no checkpoint in {out}")
     dev = parse_device(device)
-    x = load_data(data, "train", n_train, seed)
+    x, labels = load_data(data, "train", n_train, seed, return_labels=True) if conditional else \
+        (load_data(data, "train", n_train, seed), None)
     torch.manual_seed(seed)
     if net == "mlp":
         x = x.reshape(x.shape[0], -1)
-        network = build_net("mlp", dim=x.shape[1], hidden=hidden, depth=depth, seed=seed)
+        network = build_net("mlp", dim=x.shape[1], hidden=hidden, depth=depth, seed=seed, num_classes=num_classes)
     else:
-        network = build_net("unet", in_channels=1, base_channels=base_channels, image_size=8, seed=seed)
+        network = build_net("unet", in_channels=1, base_channels=base_channels, image_size=8, seed=seed,
+                            num_classes=num_classes)
     sigma_data = float(x.std()) if sde == "ve" else None  # unit-variance input for VE (EDM c_in)
     model = ScoreModel(network, forward, parameterization, sigma_data=sigma_data).to(dev)
     trainer = Trainer(model, data=x, lr=lr, batch_size=batch_size, steps=steps, warmup=min(warmup, steps),
                       lr_schedule=lr_schedule, ema_decay=ema_decay, weighting=weighting,
                       importance_sampling=importance_sampling, out_dir=out, checkpoint_every=checkpoint_every,
                       log_every=max(1, min(100, steps // 10)), seed=seed, max_time=max_seconds, progress=progress,
-                      device=dev)
+                      device=dev, **({"labels": labels, "p_uncond": p_uncond} if conditional else {}))
     if resume:
         log(f"resuming {out} at step {trainer.resume()}")
     run_file = write_run_info(out, {"format": 1, "command": "train", **info, "out": str(out)})
@@ -269,22 +279,28 @@ def train(data: str, steps: int, out: str | os.PathLike, *, sde: str = "vp", net
     ckpt = latest_checkpoint(out)
     log(f"trained {trainer.step} steps in {time.perf_counter() - start:.1f} s, final loss {loss:.4g}")
     log(f"wrote {ckpt} (checkpoint) and {run_file} (run info)")
-    log(f"next: sdediff sample --ckpt {out} --out {out / 'samples.png'}   |   "
+    guided = " --class 0 --guidance 1" if conditional else ""
+    log(f"next: sdediff sample --ckpt {out} --out {out / 'samples.png'}{guided}   |   "
         f"sdediff likelihood --ckpt {out} --data {data}")
     return ckpt
 
 
 def sample_to_file(ckpt: str | os.PathLike, out: str | os.PathLike, *, sampler: str = "dpm_solver", steps: int = 50,
                    n: int = 1000, seed: int = 0, grid: str = "uniform", eps: float = 1e-3, denoise: bool = True,
-                   which: str = "ema", device: str | None = None, progress: bool = True,
-                   log: Callable[[str], None] = print) -> torch.Tensor:
+                   which: str = "ema", label: int | None = None, guidance: float = 0.0,
+                   device: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] = print) -> torch.Tensor | None:
     """``sdediff sample``: draw ``n`` samples from a checkpoint into ``out`` (``.npy`` or ``.png``).
 
     A ``.png`` is a scatter plot (2-D) or an image grid (8x8 digits); matplotlib is checked for
     before the model is loaded. For a toy set, the sliced W2 to fresh points is logged too.
-    Returns the samples.
+    Example ``i`` uses seed ``seed + i``; under ``torchrun`` the ranks sample disjoint shards of
+    the seeds and rank 0 writes them in seed order (:mod:`sdediff.distributed`), the same file as
+    one process. Returns the samples (``None`` on the other ranks). ``label`` (``--class``) samples
+    that class of a class-conditional checkpoint with classifier-free guidance weight ``guidance``.
     """
-    from .samplers import sample
+    from .conditional_runs import guidance_title, guided_score
+    from .distributed import init_from_env, sample_seeds
 
     suffix = Path(out).suffix.lower()
     if suffix not in (".npy", ".png"):
@@ -295,24 +311,32 @@ def sample_to_file(ckpt: str | os.PathLike, out: str | os.PathLike, *, sampler: 
     model = load_model(ckpt, which, dev)
     data = read_run_info(ckpt).get("data")
     shape = model_example_shape(model)
+    score = guided_score(model, label, guidance, str(ckpt))
     if suffix == ".png" and not (shape == (2,) or math.prod(shape) == 64):
         raise ValueError(f"cannot draw examples of shape {shape} as a PNG; use --out FILE.npy")
     start = time.perf_counter()
-    x, nfe = sample(model, model.sde, (n, *shape), sampler=sampler, steps=steps, eps=eps, denoise=denoise,
-                    generator=torch.Generator(device=dev).manual_seed(seed), progress=progress, grid=grid,
-                    dtype=next(model.parameters()).dtype, device=dev, return_nfe=True)
+    # Example i from seed + i (its own noise stream): under torchrun each rank samples a shard of
+    # the seeds and rank 0 writes them in seed order, the same samples as one process.
+    init_from_env(dev)
+    per_example = {"norm": "example"} if sampler in ("pc", "langevin") else {}
+    x, nfe = sample_seeds(score, model.sde, shape, n, seed, sampler=sampler, steps=steps, eps=eps,
+                          denoise=denoise, progress=progress, grid=grid, dtype=next(model.parameters()).dtype,
+                          device=dev, return_nfe=True, **per_example)
     seconds = time.perf_counter() - start
+    if x is None:  # not rank 0: its shard went to rank 0
+        return None
     x = x.detach().cpu()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         import numpy as np
         np.save(out, x.numpy())
     elif shape == (2,):
-        scatter_png(x, out, f"{sampler}, {steps} steps, NFE {nfe}" + (f" ({data})" if data else ""))
+        scatter_png(x, out, f"{sampler}, {steps} steps, NFE {nfe}" + (f" ({data})" if data else "")
+                    + guidance_title(label, guidance))
     else:
-        image_grid_png(x.reshape(-1, 8, 8), out, f"{sampler}, NFE {nfe}")
+        image_grid_png(x.reshape(-1, 8, 8), out, f"{sampler}, NFE {nfe}" + guidance_title(label, guidance))
     log(f"wrote {n} samples to {out} ({sampler}, {steps} steps, NFE {nfe}, {seconds:.1f} s)")
-    if data in TOY_DATASETS and shape == (2,):
+    if data in TOY_DATASETS and shape == (2,) and label is None:
         from .metrics import sliced_wasserstein
         ref = load_data(data, "test", 5000, int(read_run_info(ckpt).get("seed", 0)), dtype=torch.float64)
         log(f"sliced W2 to {ref.shape[0]} fresh {data!r} points: "

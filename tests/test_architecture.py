@@ -19,7 +19,7 @@ import sdediff
 PACKAGE = Path(sdediff.__file__).resolve().parent
 
 LAYERS = [
-    {"sde", "ddpm", "analytic", "quantization", "nets", "datasets", "metrics", "_checks", "_random",
+    {"sde", "ddpm", "analytic", "quantization", "nets", "datasets", "digits", "metrics", "_checks", "_random",
      "_dopri5", "_mixture_conditional"},
     {"samplers", "likelihood", "guidance"},
     {"losses", "parameterization", "interop", "classifier"},

@@ -68,3 +68,25 @@ def test_readme_python_blocks_run(capsys):
     # 2000 exact vs 2000 sampled points: the noise floor of this distance is about 0.1 on the ring
     # (the demo's measure); 30 DPM-Solver++ steps with the exact score should sit near it
     assert sw2 < 0.3
+
+
+def test_conditional_digits(tmp_path):
+    out = tmp_path / "cond.png"
+    r = _load("conditional_digits").main(["--steps", "4", "--per-class", "1", "--sampler-steps", "2",
+                                          "--weights", "0", "3", "--out", str(out)])
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert set(r["rate"]) == {0.0, 3.0} and all(0.0 <= v <= 1.0 for v in r["rate"].values())
+    assert all(len(v) == 10 for v in r["rate_per_class"].values())  # one row per class
+    assert r["classifier_test_accuracy"] > 0.9  # the judge of the slow test reads real digits well
+
+
+def test_inpaint_digits(tmp_path):
+    from sdediff.guidance import INPAINT_METHODS
+
+    out = tmp_path / "inpaint.png"
+    mod = _load("inpaint_digits")
+    r = mod.main(["--steps", "4", "--n-images", "2", "--draws", "1", "--out", str(out)])
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert set(r["methods"]) == {"unconditional + pasted", *INPAINT_METHODS}
+    assert all(math.isfinite(m["rmse"]) and m["nfe"] > 0 for m in r["methods"].values())
+    assert int(mod.lower_half_mask().sum()) == 32 and bool(mod.lower_half_mask()[-1])  # the lower half observed
