@@ -1,6 +1,7 @@
-"""Worker for the data-parallel test: ``torchrun --nproc_per_node=2 tests/_training_ddp_worker.py OUT``.
+"""Worker for the data-parallel tests: ``torchrun --nproc_per_node=2 tests/_training_ddp_worker.py OUT [cond]``.
 
-Also imported by the test to run the same training on one process (``run(out, distributed=False)``).
+Also imported by the tests to run the same training on one process (``run(out)``). With ``cond`` the
+net is class-conditional and trains on the ring's mode labels with label dropout.
 """
 import sys
 
@@ -15,14 +16,20 @@ from sdediff.training import Trainer
 STEPS, BATCH, SEED = 6, 32, 3
 
 
-def run(out: str) -> None:
+def run(out: str, conditional: bool = False) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(SEED)  # the same initial weights on every process (DDP also broadcasts rank 0's)
-    net = build_net("mlp", dim=2, hidden=32, depth=2).double()
+    net = build_net("mlp", dim=2, hidden=32, depth=2, num_classes=8 if conditional else None).double()
     model = ScoreModel(net, sd.VPSDE(), "eps")
-    data = toy_data("ring", 256, generator=SEED, dtype=torch.float64)
+    if conditional:
+        mixture = sd.GaussianMixture(*sd.ring_params(), labels=torch.arange(8))
+        data, labels = mixture.sample(256, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64,
+                                      return_labels=True)
+        extra = {"labels": labels, "p_uncond": 0.5}
+    else:
+        data, extra = toy_data("ring", 256, generator=SEED, dtype=torch.float64), {}
     trainer = Trainer(model, data=data, steps=STEPS, batch_size=BATCH, lr=1e-2, warmup=2, seed=SEED,
-                      progress=False, log_every=1)
+                      progress=False, log_every=1, **extra)
     trainer.train()
     if trainer.rank == 0:
         from safetensors.torch import save_file
@@ -35,4 +42,4 @@ def run(out: str) -> None:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1])
+    run(sys.argv[1], conditional=sys.argv[2:] == ["cond"])

@@ -246,6 +246,13 @@ def test_hyperparameters_are_range_checked_by_name(name, value):
         _trainer(None, **{name: value})
 
 
+def test_default_batch_size_is_512_or_the_data_size():
+    model = ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1), sd.VPSDE())
+    assert Trainer(model, data=torch.zeros(1000, 2), progress=False).batch_size == 512
+    assert Trainer(model, data=torch.zeros(100, 2), progress=False).batch_size == 100
+    assert Trainer(model, data=torch.zeros(100, 2), progress=False).lr == 2e-3
+
+
 def test_hyperparameter_edges_are_accepted():
     _trainer(None, warmup=0, weight_decay=0.0, grad_clip=None, ema_decay=0.0, early_stopping=1, val_every=1,
              max_seconds=1e-3, eps=0.5)
