@@ -164,7 +164,7 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
     o.add("--data", required=True, **data)
     o.add("--sde", type=_choice("SDE", lambda: SDES), default="vp", metavar="|".join(SDES),
           help="forward SDE (default: vp)")
-    o.add("--steps", type=_positive_int, required=True, help="optimizer steps")
+    o.add("--steps", type=_positive_int, help="optimizer steps (required unless --max-seconds is given)")
     o.add("--out", required=True, help="run folder (checkpoints, run.json, metrics.jsonl)")
     o.add("--net", type=_choice("--net", lambda: NETS), default="mlp", metavar="|".join(NETS),
           help="network: residual MLP (any data; digits are flattened) or U-Net (digits only)")

@@ -215,7 +215,7 @@ def image_grid_png(images: torch.Tensor, path: str | os.PathLike, title: str, co
 
 
 # ------------------------------------------------------------------------------ the commands as functions
-def train(data: str, steps: int, out: str | os.PathLike, *, sde: str = "vp", net: str = "mlp",
+def train(data: str, steps: int | None, out: str | os.PathLike, *, sde: str = "vp", net: str = "mlp",
           parameterization: str = "v", lr: float = 2e-3, batch_size: int = 512, seed: int = 0,
           n_train: int = 100_000, hidden: int = 128, depth: int = 3, base_channels: int = 32,
           weighting: str = "score", importance_sampling: bool = False, warmup: int = 100,
@@ -265,10 +265,14 @@ def train(data: str, steps: int, out: str | os.PathLike, *, sde: str = "vp", net
                             num_classes=num_classes)
     sigma_data = float(x.std()) if sde == "ve" else None  # unit-variance input for VE (EDM c_in)
     model = ScoreModel(network, forward, parameterization, sigma_data=sigma_data).to(dev)
+    if steps is None:
+        if max_seconds is None:
+            raise ValueError("give --steps, --max-seconds or both")
+        steps = 10_000_000  # the time budget ends the run; the cosine schedule follows the clock
     trainer = Trainer(model, data=x, lr=lr, batch_size=batch_size, steps=steps, warmup=min(warmup, steps),
                       lr_schedule=lr_schedule, ema_decay=ema_decay, weighting=weighting,
                       importance_sampling=importance_sampling, out_dir=out, checkpoint_every=checkpoint_every,
-                      log_every=max(1, min(100, steps // 10)), seed=seed, max_time=max_seconds, progress=progress,
+                      log_every=max(1, min(100, steps // 10)), seed=seed, max_seconds=max_seconds, progress=progress,
                       device=dev, **({"labels": labels, "p_uncond": p_uncond} if conditional else {}))
     if resume:
         log(f"resuming {out} at step {trainer.resume()}")
