@@ -44,7 +44,7 @@ def _imports(path: Path, name: list[str]) -> set[str]:
     """Every sdediff module ``path`` imports (module level or inside functions)."""
     is_pkg = path.name == "__init__.py"
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.split(".")[0] == "sdediff"}
         elif isinstance(node, ast.ImportFrom):
@@ -60,6 +60,19 @@ def _imports(path: Path, name: list[str]) -> set[str]:
             for alias in node.names:  # `from . import x` may name a submodule
                 out.add(f"{target}.{alias.name}")
     return out
+
+
+def _runtime_nodes(tree):
+    """Every node but those under ``if TYPE_CHECKING:`` (annotations only, never imported at run time)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", None) == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
 
 
 def _known(target: str, modules: set[str]) -> str | None:
