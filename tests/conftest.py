@@ -31,6 +31,16 @@ STANDARD_SDES = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: the oracle works on tiny tensors, and on a loaded 2-core
+    machine the OpenMP barriers of 2 threads cost milliseconds per op (one thread: ~100x faster)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def ring():
     return ring_mixture()

@@ -22,12 +22,7 @@ from sdediff.training import Trainer
 TENSOR_FILES = ["model", "ema", "best_ema", "optimizer", "state"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(out_dir, steps=10, **kw):

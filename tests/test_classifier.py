@@ -13,13 +13,6 @@ from sdediff.sde import broadcast_like
 from conftest import ring_mixture
 
 
-@pytest.fixture
-def one_thread():
-    """A small MLP trains faster on one thread (and far faster on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _exact_log_prob(gm, sde):

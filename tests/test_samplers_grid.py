@@ -16,12 +16,7 @@ from _sampler_problems import ring
 VP = sd.VPSDE()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _x_T(n=16, seed=0):

@@ -28,14 +28,7 @@ SDES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The oracle works on tiny tensors; on a shared, loaded 2-core machine the OpenMP
-    # barriers of 2 intra-op threads cost milliseconds per op. One thread is ~100x faster here.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

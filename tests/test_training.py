@@ -24,13 +24,7 @@ from sdediff.training import Trainer, latest_checkpoint, load_checkpoint, read_c
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The nets here are tiny: one intra-op thread is several times faster than two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(out_dir=None, *, hidden=32, steps=20, seed=0, **kw):

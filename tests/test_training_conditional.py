@@ -1,7 +1,6 @@
 """Training with labels (classifier-free guidance): checked labels and p_uncond, label dropout drawn
 on the trainer's noise generator (reproducible, resumable, the same on every process), conditional
 checkpoints, and class-conditional samples that land on their own class's mode of the ring."""
-import json
 import os
 import subprocess
 import sys
@@ -20,12 +19,7 @@ HERE = Path(__file__).parent
 K = 8  # the ring's modes are the classes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ring(n, seed=0):
