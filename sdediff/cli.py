@@ -220,11 +220,12 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
     o.add("--progress", **progress)
 
     o = _command(sub, options, "likelihood", "held-out NLL (nats) / bits per dim of a checkpoint",
-                 "Held-out negative log-likelihood through the probability-flow ODE (torchdiffeq dopri5). "
-                 "Toy sets: fresh test draws (seed + 10000); for the ring also the true NLL of the same "
-                 "points. Digits: the test split, uniformly dequantized, in bits per dimension.")
-    o.add("--ckpt", required=True, **ckpt)
-    o.add("--data", required=True, **data)
+                 "Held-out negative log-likelihood through the probability-flow ODE. Toy sets: fresh test draws "
+                 "(seed + 10000), the ring with its true NLL; digits: the test split, dequantized, in bits per "
+                 "dimension. --diffusers FOLDER: bits/dim of uint8 images (--data FILE.npy|FILE.npz|digits).")
+    o.add("--ckpt", help=ckpt["help"] + " (or --diffusers)")
+    o.add("--diffusers", metavar="FOLDER", help="a diffusers save_pretrained folder (model or pipeline layout)")
+    o.add("--data", required=True, metavar="NAME|FILE", help=data["help"] + "; --diffusers: digits or a .npy/.npz")
     o.add("--other-data", action="store_true",
           help="evaluate on a data set other than the one the checkpoint was trained on")
     o.add("--trace", type=_choice("--trace", lambda: TRACE_ESTIMATORS), default="exact", metavar="exact|gaussian|rademacher",
@@ -243,6 +244,7 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
     o.add("--seed", type=_nonneg_int, default=0, help="seed of the test draw and probes (default: 0)")
     o.add("--which", **which)
     o.add("--json", dest="json_path", default=None, metavar="FILE", help="also write the numbers to this JSON file")
+    o.parser.add_argument("--out", dest="json_path", metavar="FILE.json", help="the same as --json")
     o.add("--device", **device)
     o.add("--progress", **progress)
 

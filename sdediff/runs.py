@@ -348,21 +348,30 @@ def sample_to_file(ckpt: str | os.PathLike, out: str | os.PathLike, *, sampler: 
     return x
 
 
-def likelihood(ckpt: str | os.PathLike, data: str, *, other_data: bool = False, trace: str = "exact",
+def likelihood(ckpt: str | os.PathLike | None, data: str, *, other_data: bool = False, trace: str = "exact",
                n: int = 1000, probes: int = 1, quadrature: int | str | None = None, rtol: float = 1e-5,
                atol: float = 1e-5, eps: float = 1e-5, batch_size: int = 200, seed: int = 0, which: str = "ema",
                json_path: str | os.PathLike | None = None, device: str | None = None, progress: bool = True,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               diffusers: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """``sdediff likelihood``: the held-out NLL of a checkpoint on a named data set.
 
     The data set must be the one the run was trained on (its ``run.json``) unless
     ``other_data``. Toy sets: fresh test draws; the ring adds the true NLL of the same points and
     the paired gap. Digits: bits/dim. Returns the numbers (also written to ``json_path``).
+    ``diffusers`` (instead of ``ckpt``): bits/dim of uint8 images under a diffusers model
+    (:func:`sdediff.image_likelihood.likelihood_command`).
     """
     from .analytic import GaussianMixture
     from .datasets import ring_params
     from .likelihood import evaluate
 
+    if (ckpt is None) == (diffusers is None):
+        raise ValueError("give --ckpt RUN (a model trained by sdediff) or --diffusers FOLDER, one of the two")
+    if diffusers is not None:
+        from .image_likelihood import likelihood_command
+        return likelihood_command(diffusers, data, n=n, trace=trace, probes=probes, quadrature=quadrature, rtol=rtol,
+                                  atol=atol, eps=eps, batch_size=batch_size, seed=seed, json_path=json_path,
+                                  device=str(parse_device(device)), progress=progress, log=log)
     dev = parse_device(device)
     model = load_model(ckpt, which, dev, dtype=torch.float64)
     trained_on = read_run_info(ckpt).get("data")

@@ -9,6 +9,8 @@
 * ``peers``: sdediff's samplers against diffusers' (the ``peers`` extra).
 * ``guidance``: classifier and classifier-free guidance against the exact conditional and the
   tilted law, and inpainting against the exact posterior, on the labelled ring.
+* ``interop``: a diffusers ``UNet2DModel``: the likelihood's variance-reduced paths, and the
+  per-step overhead of sdediff's samplers against diffusers' schedulers (the ``diffusers`` extra).
 
 Each writes ``NAME.json``, ``NAME.md`` and ``NAME.png`` to ``--out`` (default
 ``./bench-results``), prints a line per stage while it runs and the output paths at the end.
@@ -23,7 +25,7 @@ from typing import Sequence
 
 __all__ = ["BENCHMARKS", "run_benchmark"]
 
-BENCHMARKS: tuple[str, ...] = ("steps", "likelihood", "training", "peers", "guidance")
+BENCHMARKS: tuple[str, ...] = ("steps", "likelihood", "training", "peers", "guidance", "interop")
 
 
 def run_benchmark(name: str, argv: Sequence[str] | None = None, prog: str | None = None,
