@@ -22,6 +22,23 @@ def random_mixture(dim: int = 64, num_modes: int = 10, seed: int = 0) -> sd.Gaus
     return sd.GaussianMixture(means, stds, weights)
 
 
+class GenericVP(sd.SDE):
+    """VP written as a plain SDE (no LinearSDE): exercises the general reverse-drift path."""
+
+    def __init__(self):
+        super().__init__(1.0)
+        self.vp = sd.VPSDE()
+
+    def sde(self, x, t):
+        return self.vp.sde(x, t)
+
+    def prior_sampling(self, shape, generator=None, dtype=None, device=None):
+        return self.vp.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
+
+    def prior_logp(self, z):
+        return self.vp.prior_logp(z)
+
+
 STANDARD_SDES = {
     "vp": lambda: sd.VPSDE(),
     "subvp": lambda: sd.SubVPSDE(),

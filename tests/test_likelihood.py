@@ -15,6 +15,7 @@ import torch
 import sdediff as sd
 from sdediff.datasets import ring_params
 from sdediff.likelihood import dequantize, log_likelihood
+from conftest import GenericVP
 
 EPS = 1e-5
 F64 = torch.float64
@@ -103,21 +104,7 @@ def test_every_sde_with_its_own_prior(name):
     assert (res.logp - exact).abs().mean() <= floor + 1e-3
 
 
-class _GenericVP(sd.SDE):
-    """VP written as a plain SDE (no LinearSDE): exercises the reverse-drift path."""
-
-    def __init__(self):
-        super().__init__(1.0)
-        self.vp = sd.VPSDE()
-
-    def sde(self, x, t):
-        return self.vp.sde(x, t)
-
-    def prior_sampling(self, shape, generator=None, dtype=None, device=None):
-        return self.vp.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
-
-    def prior_logp(self, z):
-        return self.vp.prior_logp(z)
+_GenericVP = GenericVP  # the shared plain-SDE VP of conftest
 
 
 def test_user_sde_through_the_reverse_drift_matches_linear_path():

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import sdediff as sd
+from conftest import GenericVP
 from sdediff.sde import ReverseSDE
 
 F64 = torch.float64
@@ -65,19 +66,7 @@ def test_the_likelihood_goes_through_the_one_drift(monkeypatch, path):
 def test_a_nonlinear_sde_differentiates_the_whole_drift(monkeypatch):
     # A plain SDE (not linear_drift) takes the divergence of the whole flow.drift, so a drift
     # term that depends on x shows up in delta_logp: add c * x, divergence d * c.
-    class PlainVP(sd.SDE):
-        def __init__(self):
-            super().__init__(1.0)
-            self.vp = sd.VPSDE()
-
-        def sde(self, x, t):
-            return self.vp.sde(x, t)
-
-        def prior_sampling(self, shape, generator=None, dtype=None, device=None):
-            return self.vp.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
-
-        def prior_logp(self, z):
-            return self.vp.prior_logp(z)
+    PlainVP = GenericVP
 
     oracle, score_fn, _ = _problems()
     x = oracle.sample(8, generator=torch.Generator().manual_seed(3), dtype=F64)
