@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..sde import DiscreteVPSDE, broadcast_like
-from ._base import AdaptedScoreModel, check_output, module_dtype
+from ..sde import DiscreteVPSDE
+from ._base import AdaptedScoreModel, NetworkDtype, check_output, like
 
 __all__ = ["DiffusersScoreModel", "from_diffusers", "PREDICTION_TYPES"]
 
@@ -62,30 +62,29 @@ class DiffusersScoreModel(AdaptedScoreModel):
         self.quantize = bool(quantize)
         self.unet_kwargs = dict(unet_kwargs or {})
         self.num_train_timesteps = self.sde.num_steps
+        self._dtype = NetworkDtype(unet)
 
     def timestep_of(self, t: Tensor) -> Tensor:
         """The network's timestep ``k = N t / T - 1`` of time ``t`` (float64; rounded if ``quantize``)."""
-        k = torch.as_tensor(t, dtype=torch.float64) * self.num_train_timesteps / self.sde.T - 1
-        return k.round() if self.quantize else k
+        k = torch.as_tensor(t, dtype=torch.float64).mul(self.num_train_timesteps / self.sde.T).sub_(1)
+        return k.round_() if self.quantize else k
 
     def time_of(self, timesteps) -> Tensor:
         """The time ``t = (k + 1) T / N`` of diffusers timesteps ``k`` (float64)."""
         k = torch.as_tensor(timesteps).to(torch.float64)
         return (k + 1) * self.sde.T / self.num_train_timesteps
 
-    def eps(self, x: Tensor, t) -> Tensor:
-        a, s = self.coefficients(x, t)
-        k = self.timestep_of(self._time(x, t))
-        dtype = module_dtype(self.unet) or x.dtype
-        out = self.unet(x.to(dtype), k.to(dtype), **self.unet_kwargs)
+    def _eps(self, x: Tensor, t: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        dtype = self._dtype(x)
+        out = self.unet(x.to(dtype), self.timestep_of(t).to(dtype), **self.unet_kwargs)
         if hasattr(out, "sample"):
             out = out.sample
         elif isinstance(out, (tuple, list)):
             out = out[0]
         out = check_output(out, x, "unet", allow_learned_variance=True)
-        a, s = broadcast_like(a, x).to(x.dtype), broadcast_like(s, x).to(x.dtype)
         if self.prediction_type == "epsilon":
             return out
+        a, s = like(a, x), like(s, x)
         if self.prediction_type == "sample":  # x = a x0 + s eps
             return (x - a * out) / s
         return s * x + a * out  # v = a eps - s x0 and a^2 + s^2 = 1

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..sde import LinearSDE, broadcast_like
+from ..sde import LinearSDE
 from ..sde.base import _check_finite_positive
-from ._base import AdaptedScoreModel, check_output, module_dtype
+from ._base import AdaptedScoreModel, NetworkDtype, check_output, like
 
 __all__ = ["EDMSDE", "KDiffusionScoreModel", "from_k_diffusion", "k_diffusion_sampling"]
 
@@ -65,6 +65,9 @@ class EDMSDE(LinearSDE):
     def std(self, t) -> Tensor:
         t = self.check_time(t)
         return self.sigma(t)
+
+    def scale_and_std_at(self, t: float) -> tuple[float, float]:
+        return 1.0, self.sigma_max * self._float_time(t) / self.T
 
     def log_snr(self, t) -> Tensor:
         return -self.std(t).log()
@@ -108,6 +111,7 @@ class KDiffusionScoreModel(AdaptedScoreModel):
         if self.sigma_max <= self.sigma_min:
             raise ValueError(f"need sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.denoiser_kwargs = dict(denoiser_kwargs or {})
+        self._dtype = NetworkDtype(denoiser)
 
     @property
     def eps_time(self) -> float:
@@ -121,25 +125,26 @@ class KDiffusionScoreModel(AdaptedScoreModel):
             return self.sde.time_of(sigma)
         return self.sde.t_from_log_snr(-sigma.log()).to(torch.float64)
 
-    def denoise(self, x: Tensor, t) -> Tensor:
-        """``E[x0 | x_t] = D(x / a, s / a)``."""
-        a, s = self.coefficients(x, t)
+    def _denoise(self, x: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        dtype = self._dtype(x)
         sigma = s / a
-        dtype = module_dtype(self.denoiser) or x.dtype
-        y = x / broadcast_like(a, x).to(x.dtype)
-        out = self.denoiser(y.to(dtype), sigma.to(dtype), **self.denoiser_kwargs)
+        sigma = torch.full((x.shape[0],), sigma, dtype=dtype, device=x.device) if isinstance(sigma, float) \
+            else sigma.to(dtype)
+        out = self.denoiser((x / like(a, x)).to(dtype), sigma, **self.denoiser_kwargs)
         return check_output(out, x, "denoiser")
 
-    def eps(self, x: Tensor, t) -> Tensor:
-        a, s = self.coefficients(x, t)
-        a, s = broadcast_like(a, x).to(x.dtype), broadcast_like(s, x).to(x.dtype)
-        return (x - a * self.denoise(x, t)) / s
+    def denoise(self, x: Tensor, t) -> Tensor:
+        """``E[x0 | x_t] = D(x / a, s / a)``."""
+        _, a, s = self._schedule(x, t)
+        return self._denoise(x, a, s)
+
+    def _eps(self, x: Tensor, t: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        return (x - like(a, x) * self._denoise(x, a, s)) / like(s, x)
 
     def forward(self, x: Tensor, t) -> Tensor:
         """The score ``(a D(x / a, s / a) - x) / s^2``; for :class:`EDMSDE` ``(D(x, sigma) - x) / sigma^2``."""
-        a, s = self.coefficients(x, t)
-        a, s = broadcast_like(a, x).to(x.dtype), broadcast_like(s, x).to(x.dtype)
-        return (a * self.denoise(x, t) - x) / (s * s)
+        _, a, s = self._schedule(x, t)
+        return (like(a, x) * self._denoise(x, a, s) - x) / like(s * s, x)
 
 
 def from_k_diffusion(denoiser, sigma_min: float | None = None, sigma_max: float | None = None, *,

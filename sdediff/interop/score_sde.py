@@ -22,8 +22,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..sde import LinearSDE, SubVPSDE, VESDE, VPSDE, broadcast_like
-from ._base import AdaptedScoreModel, check_output, module_dtype
+from ..sde import LinearSDE, SubVPSDE, VESDE, VPSDE
+from ._base import AdaptedScoreModel, NetworkDtype, check_output, like
 
 __all__ = ["ScoreSDEModel", "from_score_sde"]
 
@@ -49,6 +49,7 @@ class ScoreSDEModel(AdaptedScoreModel):
         self.net = net
         self.num_scales = num_scales
         self.ve = isinstance(sde, VESDE)
+        self._dtype = NetworkDtype(net)
 
     def label_of(self, t: Tensor) -> Tensor:
         """The network's label at time ``t``: ``(N - 1) t`` (VP, sub-VP) or ``sigma(t)`` (VE)."""
@@ -63,23 +64,19 @@ class ScoreSDEModel(AdaptedScoreModel):
             return sde.T * torch.log(labels / sde.sigma_min) / math.log(sde.sigma_max / sde.sigma_min)
         return labels / (self.num_scales - 1)
 
-    def _net(self, x: Tensor, t) -> Tensor:
-        labels = self.label_of(self._time(x, t))
-        dtype = module_dtype(self.net) or x.dtype
-        return check_output(self.net(x.to(dtype), labels.to(dtype)), x, "net")
+    def _net(self, x: Tensor, t: Tensor) -> Tensor:
+        dtype = self._dtype(x)
+        return check_output(self.net(x.to(dtype), self.label_of(t).to(dtype)), x, "net")
 
-    def eps(self, x: Tensor, t) -> Tensor:
-        if not self.ve:
-            return self._net(x, t)
-        _, s = self.coefficients(x, t)
-        return -broadcast_like(s, x).to(x.dtype) * self._net(x, t)
+    def _eps(self, x: Tensor, t: Tensor, a: Tensor, s: Tensor) -> Tensor:
+        out = self._net(x, t)
+        return -like(s, x) * out if self.ve else out  # VE: the net is the score -eps / s
 
     def forward(self, x: Tensor, t) -> Tensor:
         """The score: ``-net / std(t)`` (VP, sub-VP) or ``net`` itself (VE)."""
-        if self.ve:
-            return self._net(x, t)
-        _, s = self.coefficients(x, t)
-        return -self._net(x, t) / broadcast_like(s, x).to(x.dtype)
+        t, _, s = self._schedule(x, t)
+        out = self._net(x, t)
+        return out if self.ve else out.div(like(-s, x))
 
 
 def from_score_sde(net, sde: LinearSDE, *, num_scales: int = 1000) -> ScoreSDEModel:

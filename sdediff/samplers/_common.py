@@ -153,6 +153,15 @@ class GuardedScore:
         return out if self.io_dtype is None else out.to(x.dtype)
 
 
+def step_range(n: int, progress: bool, desc: str):
+    """``range(n)``, under a tqdm bar when ``progress`` (no bar object at all otherwise: a
+    disabled bar still costs tens of microseconds a run)."""
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+    return tqdm(range(n), desc=desc, leave=False)
+
+
 def tweedie(score: Callable, x: Tensor, t: float, a: float, s: float) -> Tensor:
     """Tweedie's formula ``x0_hat = E[x0 | x_t] = (x + s^2 score(x, t)) / a`` (one NFE).
 

@@ -24,12 +24,11 @@ import math
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..sde import LinearSDE
 from . import register_sampler
 from .._random import as_noise
-from ._common import tweedie
+from ._common import step_range, tweedie
 
 __all__ = ["ddim", "schedule", "tweedie"]
 
@@ -53,8 +52,7 @@ def schedule(sde: LinearSDE, ts: Tensor) -> tuple[list[float], list[float], list
             likely cause.
     """
     ts64 = ts.detach().to(dtype=torch.float64)
-    a = sde.scale(ts64).tolist()
-    s = sde.std(ts64).tolist()
+    a, s = (c.tolist() for c in sde.scale_and_std(ts64))
     for name, values in (("scale", a), ("std", s)):
         k = next((k for k, v in enumerate(values) if not (math.isfinite(v) and v > 0.0)), None)
         if k is not None:
@@ -113,7 +111,7 @@ def ddim(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator: torch.Gener
     noise = as_noise(generator)
     a, s, lam = schedule(sde, ts)
     t = ts.tolist()
-    for i in tqdm(range(len(t) - 1), disable=not progress, desc="ddim"):
+    for i in step_range(len(t) - 1, progress, "ddim"):
         score.step = i
         x0_hat = tweedie(score, x, t[i], a[i], s[i])
         h = lam[i + 1] - lam[i]

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..sde import LinearSDE
 from . import register_sampler
-from ._common import tweedie
+from ._common import step_range, tweedie
 from ._exponential import (SOLVER_TYPES, _check_options, _combine, _times_at, _weights, exponential_weights,
                            midpoint_weights)
 from .adaptive import dpm_solver_adaptive
@@ -145,7 +144,7 @@ def dpm_solver(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, 
     history: list[tuple[float, Tensor]] = []  # (lambda, D or eps) of the latest steps, newest first
     x_prev, p = x, 0  # the last step's start and node count, for the corrector
     desc = (f"unipc-{order}" if corrector else f"dpm_solver{'' if noise else '++'} {order}M")
-    for i in tqdm(range(n), disable=not progress, desc=desc):
+    for i in step_range(n, progress, desc):
         score.step = i
         v0 = score(x, t[i]).mul(-s[i]) if noise else tweedie(score, x, t[i], a[i], s[i])
         if corrector and i > 0:
@@ -178,7 +177,7 @@ def _singlestep(score, sde, x, t, a, s, lam, order, progress, callback) -> Tenso
     mids = []  # per fraction r: (t, a, s) at lambda_i + r h_i for every step i
     for r in fractions:
         mids.append(_times_at(sde, [lam[i] + r * (lam[i + 1] - lam[i]) for i in range(n)], x))
-    for i in tqdm(range(n), disable=not progress, desc=f"dpm_solver++ {order}S"):
+    for i in step_range(n, progress, f"dpm_solver++ {order}S"):
         score.step = i
         h = lam[i + 1] - lam[i]
         d0 = tweedie(score, x, t[i], a[i], s[i])

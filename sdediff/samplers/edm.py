@@ -18,11 +18,11 @@ import math
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .._random import as_noise
 from ..sde import LinearSDE
 from . import register_sampler
+from ._common import step_range
 from .ddim import schedule
 
 __all__ = ["heun"]
@@ -72,7 +72,7 @@ def heun(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator: torch.Gener
     sigma_T = None  # noise level at T, the ceiling for churn (computed on first use)
     gamma_max = min(S_churn / n, math.sqrt(2.0) - 1.0)
     y = x / a[0]
-    for i in tqdm(range(n), disable=not progress, desc="heun"):
+    for i in step_range(n, progress, "heun"):
         score.step = i
         t_cur, a_cur, s_cur, sig = t[i], a[i], s[i], sigma[i]
         if gamma_max > 0 and S_tmin <= sig <= S_tmax:

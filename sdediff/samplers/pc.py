@@ -19,11 +19,11 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .._random import as_noise
 from . import register_sampler
 from .correctors import CORRECTORS, LANGEVIN_NORMS
+from ._common import step_range
 from .predictors import PREDICTORS, Grid
 
 __all__ = ["pc_sampler", "run_pc"]
@@ -97,7 +97,7 @@ def run_pc(score, sde, x: Tensor, ts: Tensor, *, predictor: str | None, correcto
     correct = CORRECTORS[corrector] if corrector is not None else None
     c_opts = {"langevin": {"snr": snr, "norm": norm}, "ald": {"step_size": step_size}}.get(corrector, {})
     n_steps = len(grid.t) - 1
-    for i in tqdm(range(n_steps), desc=desc, disable=not progress, leave=False):
+    for i in step_range(n_steps, progress, desc):
         score.step = i
         sc, x_prev, i_sc = None, x, i
         if predict is None:

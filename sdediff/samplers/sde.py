@@ -24,11 +24,11 @@ from __future__ import annotations
 import torch
 import torchsde
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .._random import as_noise
 from ..sde import SDE, broadcast_like
 from . import register_sampler
+from ._common import step_range
 from .brownian import CounterBrownianTree
 
 __all__ = ["sde_sampler", "SDE_METHODS", "BROWNIAN_KINDS"]
@@ -122,7 +122,7 @@ def sde_sampler(score, sde: SDE, x: Tensor, ts: Tensor, *, generator=None, progr
                                        entropy=noise.seeds(1)[0], levy_area_approximation=levy)
     rev = _ReverseInS(score, sde, shape, SDE_METHODS[method])
     n_steps = len(ts) - 1
-    for i in tqdm(range(n_steps), desc=f"sde ({method})", disable=not progress, leave=False):
+    for i in step_range(n_steps, progress, f"sde ({method})"):
         score.step = i
         interval = s_grid[i:i + 2]
         # dt above the interval length: torchsde then takes exactly one step, to interval[-1].

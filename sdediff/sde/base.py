@@ -133,6 +133,14 @@ class SDE(abc.ABC):
                 f"[{t.min().item():.6g}, {t.max().item():.6g}]")
         return t
 
+    def _float_time(self, t) -> float:
+        """``t`` as a float in ``[0, T]`` (round-off beyond the ends clamped, like :meth:`check_time`)."""
+        t = float(t)
+        if not 0.0 <= t <= self.T:  # also for NaN
+            self.check_time(torch.tensor(t, dtype=torch.float64))  # raises beyond round-off
+            t = min(max(t, 0.0), self.T)
+        return t
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(T={self.T})"
 

@@ -16,6 +16,7 @@ at ``t_n``, and any time in between interpolates the noise level monotonically.
 """
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -125,6 +126,7 @@ class DiscreteVPSDE(LinearSDE):
         # f on the n-th piece: the slope (log a_n - log a_{n-1}) / (t_n - t_{n-1}).
         self._f = self._log_a.diff() / self.knots.diff()
         self._device_cache: dict = {}
+        self._lists = (self.knots.tolist(), self._log_a.tolist(), self._f.tolist())  # for float look-ups
 
     @classmethod
     def from_schedule(cls, schedule: str, N: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02,
@@ -161,8 +163,8 @@ class DiscreteVPSDE(LinearSDE):
         return tables
 
     def _piece(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(n, w)``: ``t`` lies on the piece ``(t_{n-1}, t_n]`` (``t = 0`` on the first) at the
-        fraction ``w = (t - t_{n-1}) / (t_n - t_{n-1})``.
+        """``(n - 1, t)``: ``t`` (as float64, clamped to ``[0, T]``) lies on the piece
+        ``(t_{n-1}, t_n]`` (``t = 0`` on the first).
 
         A time equal to a knot belongs to the piece on its left, the next float up to the one
         on its right: the convention of ODE solvers that stop at discontinuities
@@ -170,25 +172,23 @@ class DiscreteVPSDE(LinearSDE):
         """
         knots, _, _ = self._tables(t.device)
         tt = t.to(torch.float64).clamp(0.0, self.T).contiguous()
-        n = torch.searchsorted(knots, tt).clamp(1, self.num_steps)
-        lo, hi = knots[n - 1], knots[n]
-        return n, (tt - lo) / (hi - lo)
+        return torch.searchsorted(knots, tt).clamp_(1, self.num_steps).sub_(1), tt
 
     def log_scale(self, t) -> Tensor:
         """``log a(t)``: linear in ``t`` between the knots (float64)."""
         return self._log_scale(self.check_time(t))
 
     def _log_scale(self, t: Tensor) -> Tensor:
-        _, log_a, _ = self._tables(t.device)
-        n, w = self._piece(t)
-        return log_a[n - 1] + w * (log_a[n] - log_a[n - 1])
+        knots, log_a, f = self._tables(t.device)
+        i, tt = self._piece(t)
+        return log_a[i] + (tt - knots[i]) * f[i]
 
     # ------------------------------------------------------------ coefficients
     def f(self, t: Tensor) -> Tensor:
         """``f(t) = N log(1 - beta_n) / (2 T)`` on the piece ``(t_{n-1}, t_n]``."""
         _, _, f = self._tables(t.device)
-        n, _ = self._piece(t)
-        return f[n - 1].to(t.dtype)
+        i, _ = self._piece(t)
+        return f[i].to(t.dtype)
 
     def g(self, t: Tensor) -> Tensor:
         """``g(t) = sqrt(-2 f(t))``: piecewise constant, so that ``s^2 = 1 - a^2``."""
@@ -202,6 +202,20 @@ class DiscreteVPSDE(LinearSDE):
         """``s(t) = sqrt(1 - a(t)^2)``, computed as ``sqrt(-expm1(2 log a))`` (accurate near 0)."""
         t = self.check_time(t)
         return (-torch.expm1(2 * self._log_scale(t))).sqrt().to(t.dtype)
+
+    def scale_and_std(self, t) -> tuple[Tensor, Tensor]:
+        """``(a(t), s(t))`` from one look-up of ``log a(t)``."""
+        t = self.check_time(t)
+        log_a = self._log_scale(t)
+        return log_a.exp().to(t.dtype), (-torch.expm1(2 * log_a)).sqrt().to(t.dtype)
+
+    def scale_and_std_at(self, t: float) -> tuple[float, float]:
+        """``(a(t), s(t))`` at one time, in float arithmetic: the tensors' look-up, without tensors."""
+        t = self._float_time(t)
+        knots, log_a, f = self._lists
+        i = min(max(bisect.bisect_left(knots, t), 1), self.num_steps) - 1  # as searchsorted
+        log_a_t = log_a[i] + (t - knots[i]) * f[i]
+        return math.exp(log_a_t), math.sqrt(-math.expm1(2 * log_a_t))
 
     def log_snr(self, t) -> Tensor:
         """``lambda(t) = log a - log(1 - a^2) / 2`` (``+inf`` at ``t = 0``)."""

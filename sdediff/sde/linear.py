@@ -95,6 +95,20 @@ class LinearSDE(SDE):
         log_a, integral = self._interpolate(t)
         return (log_a.exp() * integral.clamp_min(0).sqrt()).to(t.dtype)
 
+    def scale_and_std(self, t) -> tuple[Tensor, Tensor]:
+        """``(a(t), s(t))`` at once (subclasses share the work where they can)."""
+        t = self.check_time(t)
+        return self.scale(t), self.std(t)
+
+    def scale_and_std_at(self, t: float) -> tuple[float, float]:
+        """``(a(t), s(t))`` at one time ``t`` in ``[0, T]``, as Python floats.
+
+        The per-step look-up of samplers and adapters when a whole batch shares one time;
+        subclasses with a closed form may compute it without tensors.
+        """
+        a, s = self.scale_and_std(torch.tensor([float(t)], dtype=torch.float64))
+        return float(a), float(s)
+
     def log_snr(self, t) -> Tensor:
         """``lambda(t) = log(a(t) / s(t))``, decreasing in ``t`` (``+inf`` where ``s = 0``)."""
         return self.scale(t).log() - self.std(t).log()
