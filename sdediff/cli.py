@@ -228,11 +228,11 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
     o.add("--data", required=True, metavar="NAME|FILE", help=data["help"] + "; --diffusers: digits or a .npy/.npz")
     o.add("--other-data", action="store_true",
           help="evaluate on a data set other than the one the checkpoint was trained on")
-    o.add("--trace", type=_choice("--trace", lambda: TRACE_ESTIMATORS), default="exact", metavar="exact|gaussian|rademacher",
-          help="divergence: exact, or a Hutchinson estimator (default: exact)")
+    o.add("--trace", type=_choice("--trace", lambda: TRACE_ESTIMATORS), default=None, metavar="exact|gaussian|rademacher",
+          help="divergence: exact or Hutchinson (default: exact; --diffusers: gaussian, 4 probes/node, steps)")
     o.add("--n", type=_positive_int, default=1000, help="test examples (default: 1000; digits: <= 300)")
-    o.add("--probes", type=_positive_int, default=1,
-          help="Hutchinson probes per example (per node with --quadrature; default: 1)")
+    o.add("--probes", type=_positive_int, default=None,
+          help="Hutchinson probes per example (per node with --quadrature; default: 1, or the --diffusers path's)")
     o.add("--quadrature", type=_quadrature, default=None, metavar="N|steps",
           help="solve the trajectory alone and integrate the divergence with N >= 2 Gauss-Legendre nodes in "
                "log-SNR, or 'steps': 3 nodes on every solver step (default: integrate with the ODE)")

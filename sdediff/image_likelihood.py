@@ -1,20 +1,7 @@
-"""Bits/dim of a diffusers model on uint8 images, and the smooth time its likelihood is solved in.
+"""Bits/dim of a diffusers model on uint8 images, with the error split.
 
-The log-SNR clock. A model from a discrete schedule lives on a :class:`~sdediff.sde.DiscreteVPSDE`,
-whose ``log a(t)`` is piecewise linear, so ``f`` and ``g`` jump at every one of the ``N`` knots
-and an adaptive solver in ``t`` is only first order across each jump (about 6.5e-3 nats on the
-ring with ``N = 1000``, unless it stops at all ``N - 1`` knots). The probability-flow ODE does
-not care which clock it runs on: in the log-SNR ``lambda = log(a / s)``, for any VP SDE,
-
-    dx/dlambda = s^2 (x + score(x, t(lambda))),   s^2 = sigmoid(-2 lambda),
-
-since ``dlambda/dt = f / s^2`` and ``g^2 = -2 f``. The schedule enters only through the
-smooth ``a(lambda)``, ``s(lambda)``, and the score of the noised data is a smooth function of
-``lambda`` (the marginal at ``t`` is fixed by ``a`` and ``s`` alone). :class:`LogSNRClockSDE` is
-this VP SDE with ``lambda`` linear in its time ``u``; :func:`log_snr_clock` turns a model and
-its discrete SDE into the same flow on that clock. The flow map and the integral of the
-divergence are unchanged by the change of time variable, so ``log p`` is the same number,
-reached without the jumps (measured in :func:`log_snr_clock`'s docstring).
+The likelihood is solved on the log-SNR clock (:mod:`sdediff.likelihood.clock`), smooth across
+the knots of a discrete schedule.
 
 Images. :func:`load_images` reads ``.npy`` / ``.npz`` uint8 images or the digits,
 :func:`image_bits_per_dim` evaluates them sharded over ``torch.distributed`` ranks
@@ -27,106 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .sde import DiscreteVPSDE, LinearSDE
-
-__all__ = ["LogSNRClockSDE", "log_snr_clock"]
-
-
-class LogSNRClockSDE(LinearSDE):
-    """A VP SDE whose log-SNR is linear in its time: ``lambda(u) = lam_0 + (lam_1 - lam_0) u / T``.
-
-    ``log a = -softplus(-2 lambda) / 2``, ``s^2 = sigmoid(-2 lambda) = 1 - a^2``,
-    ``f(u) = d log a / du = s^2 (lam_1 - lam_0) / T`` and ``g^2 = -2 f``: every coefficient is
-    smooth in ``u``. The prior is ``N(0, I)``, as for VP.
-
-    Args:
-        lam_0: the log-SNR at ``u = 0`` (finite: the clock need not start at clean data).
-        lam_1: the log-SNR at ``u = T``, ``< lam_0``.
-        T: end time.
-    """
-
-    def __init__(self, lam_0: float, lam_1: float, *, T: float = 1.0):
-        super().__init__(T=T)
-        if not (math.isfinite(lam_0) and math.isfinite(lam_1) and lam_1 < lam_0):
-            raise ValueError(f"need finite lam_1 < lam_0, got lam_0={lam_0!r}, lam_1={lam_1!r}")
-        self.lam_0, self.lam_1 = float(lam_0), float(lam_1)
-        self.slope = (self.lam_1 - self.lam_0) / self.T  # dlambda/du < 0
-
-    def lam(self, u: Tensor) -> Tensor:
-        return self.lam_0 + self.slope * u.to(torch.float64)
-
-    def f(self, t: Tensor) -> Tensor:
-        return (torch.sigmoid(-2 * self.lam(t)) * self.slope).to(t.dtype)
-
-    def g(self, t: Tensor) -> Tensor:
-        return (-2 * self.f(t.to(torch.float64))).sqrt().to(t.dtype)
-
-    def scale(self, t) -> Tensor:
-        t = self.check_time(t)
-        return torch.sigmoid(2 * self.lam(t)).sqrt().to(t.dtype)
-
-    def std(self, t) -> Tensor:
-        t = self.check_time(t)
-        return torch.sigmoid(-2 * self.lam(t)).sqrt().to(t.dtype)
-
-    def log_snr(self, t) -> Tensor:
-        t = self.check_time(t)
-        return self.lam(t).to(t.dtype)
-
-    def t_from_log_snr(self, lam) -> Tensor:
-        lam = torch.as_tensor(lam)
-        out = ((lam.to(torch.float64) - self.lam_0) / self.slope).clamp(0.0, self.T)
-        return out.to(lam.dtype if lam.is_floating_point() else torch.get_default_dtype())
-
-    @property
-    def prior_std(self) -> float:
-        return 1.0
-
-    def __repr__(self) -> str:
-        return f"LogSNRClockSDE(lam_0={self.lam_0:.6g}, lam_1={self.lam_1:.6g}, T={self.T})"
-
-
-class _OnClock:
-    """``score(x, u) = model(x, t(lambda(u)))``: the model's score on the log-SNR clock."""
-
-    def __init__(self, score_fn, sde: LinearSDE, clock: LogSNRClockSDE):
-        self.score_fn, self.sde, self.clock = score_fn, sde, clock
-
-    def __call__(self, x: Tensor, u: Tensor) -> Tensor:
-        t = self.sde.t_from_log_snr(self.clock.lam(u)).to(device=x.device)
-        return self.score_fn(x, t.to(torch.float64))
-
-
-def log_snr_clock(score_fn, sde: LinearSDE, eps: float = 1e-5) -> tuple[_OnClock, LogSNRClockSDE, float]:
-    """The same probability-flow ODE on the log-SNR clock: ``(score_u, clock_sde, eps_u)``.
-
-    ``log_likelihood(score_u, clock_sde, x, eps_u, ...)`` is ``log_likelihood(score_fn, sde, x,
-    eps, ...)`` up to the solver's error: ``clock_sde`` has the marginals of ``sde`` at
-    ``lambda(eps)`` and ``lambda(T)`` at its times ``eps_u = eps`` and ``T``, with ``lambda``
-    linear in between (so ``scale(T)`` and the prior match), and ``score_u`` evaluates the
-    model at the time ``sde.t_from_log_snr(lambda)`` of each log-SNR.
-
-    Args:
-        score_fn: ``score_fn(x, t)`` on ``sde`` (e.g. a :func:`~sdediff.from_diffusers` model).
-        sde: a VP :class:`~sdediff.sde.LinearSDE` (``s^2 = 1 - a^2``), e.g. a ``DiscreteVPSDE``.
-        eps: the start time on ``sde``'s clock.
-
-    Raises:
-        ValueError: ``eps`` outside ``(0, T)`` or an SDE that is not variance preserving.
-    """
-    if not isinstance(sde, LinearSDE):
-        raise ValueError(f"the log-SNR clock needs a linear VP SDE, got {type(sde).__name__}")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T) = (0, {sde.T}), got {eps!r}")
-    ends = torch.tensor([eps, sde.T], dtype=torch.float64)
-    a, s = sde.scale(ends).to(torch.float64), sde.std(ends).to(torch.float64)
-    if not bool(torch.allclose(a ** 2 + s ** 2, torch.ones(2, dtype=torch.float64), atol=1e-9)):
-        raise ValueError(f"the log-SNR clock is for variance-preserving SDEs (a^2 + s^2 = 1), got {sde!r}")
-    lam_e, lam_T = (float(v) for v in sde.log_snr(ends))
-    T = sde.T
-    lam_0 = lam_e - (lam_T - lam_e) * eps / (T - eps)  # lambda(eps) = lam_e, lambda(T) = lam_T
-    clock = LogSNRClockSDE(lam_0, lam_T, T=T)
-    return _OnClock(score_fn, sde, clock), clock, eps
+__all__ = ["image_bits_per_dim", "load_images", "likelihood_command"]
 
 
 # ------------------------------------------------------------------------------ images
@@ -134,6 +22,10 @@ def log_snr_clock(score_fn, sde: LinearSDE, eps: float = 1e-5) -> tuple[_OnClock
 CHECK_IMAGES = 4
 #: uint8 images: 256 levels on [-1, 1] (score_sde's convention, offset 7 bits).
 IMAGE_LEVELS = 256
+#: The path taken when no ``trace`` is given: the exact trace costs ``d`` backward passes per
+#: evaluation (3072 for 3x32x32 images), so images get the Hutchinson path with the lowest
+#: per-image std at equal wall time in ``sdediff bench interop`` (``benchmarks/results/interop.md``).
+IMAGE_PATH = dict(trace="gaussian", probes=4, quadrature="steps")
 
 
 def model_image_shape(model) -> tuple[int, int, int]:
@@ -230,7 +122,7 @@ def load_images(data: str, shape: tuple[int, int, int], n: int | None = None) ->
 
 
 # ------------------------------------------------------------------------------ bits/dim
-def _per_image(score_u, clock, x: Tensor, eps: float, probes: int, stochastic: bool, batch_size: int,
+def _per_image(model, sde, x: Tensor, eps: float, probes: int, stochastic: bool, batch_size: int,
                seed: int, progress: bool, **kwargs) -> tuple[Tensor, int]:
     """``(bits (N, P), nfe)``: with a Hutchinson trace every image is solved as ``P`` rows with one
     probe each (adjacent, in one batch), so the spread over probes is measured image by image;
@@ -240,14 +132,22 @@ def _per_image(score_u, clock, x: Tensor, eps: float, probes: int, stochastic: b
 
     reps = probes if stochastic else 1
     rows = x.repeat_interleave(reps, 0) if reps > 1 else x
-    res = evaluate(score_u, clock, rows, batch_size=batch_size * reps, progress=progress,
+    res = evaluate(model, sde, rows, batch_size=batch_size * reps, progress=progress,
                    generator=torch.Generator().manual_seed(seed), eps=eps,
                    probes=1 if stochastic else probes, **kwargs)
     bits = bits_per_dim(res.logp.cpu(), x[0].numel(), num_levels=IMAGE_LEVELS)
     return bits.reshape(x.shape[0], reps), res.nfe
 
 
-def image_bits_per_dim(model, levels: Tensor, *, trace: str = "exact", probes: int = 1,
+def image_path(trace: str | None, probes: int | None, quadrature) -> tuple[str, int, int | str | None]:
+    """``(trace, probes, quadrature)``: :data:`IMAGE_PATH` when ``trace`` is ``None`` (``probes``, if
+    given, overrides its count), else the given path with one probe unless ``probes`` says more."""
+    if trace is None:
+        return IMAGE_PATH["trace"], probes or IMAGE_PATH["probes"], IMAGE_PATH["quadrature"]
+    return trace, probes or 1, quadrature
+
+
+def image_bits_per_dim(model, levels: Tensor, *, trace: str | None = None, probes: int | None = None,
                        quadrature: int | str | None = None, rtol: float = 1e-5, atol: float = 1e-5,
                        eps: float = 1e-5, batch_size: int = 200, seed: int = 0, clock: str = "log_snr",
                        check_images: int = CHECK_IMAGES, progress: bool = False, **solver_options) -> dict:
@@ -270,7 +170,9 @@ def image_bits_per_dim(model, levels: Tensor, *, trace: str = "exact", probes: i
     Args:
         model: a :func:`~sdediff.from_diffusers` score model (its ``.sde`` a VP SDE).
         levels: integer images ``(N, C, H, W)`` in ``0..255``.
-        trace, probes, quadrature, rtol, atol, eps: as for :func:`sdediff.log_likelihood`.
+        trace, probes, quadrature, rtol, atol, eps: as for :func:`sdediff.log_likelihood`; without
+            ``trace``, the variance-reduced Hutchinson path :data:`IMAGE_PATH` (``probes`` may
+            still be given), with ``trace`` and no ``probes``, one probe.
         batch_size: images per solve.
         seed: the dequantization noise and the probes.
         clock: ``"log_snr"`` (smooth across a discrete schedule's knots) or ``"t"``.
@@ -282,17 +184,12 @@ def image_bits_per_dim(model, levels: Tensor, *, trace: str = "exact", probes: i
 
     from .quantization import dequantize
 
-    if clock not in ("log_snr", "t"):
-        raise ValueError(f"clock must be 'log_snr' or 't', got {clock!r}")
+    trace, probes, quadrature = image_path(trace, probes, quadrature)
     x = dequantize(levels, IMAGE_LEVELS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    if clock == "log_snr":
-        score_u, sde_u, eps_u = log_snr_clock(model, model.sde, eps)
-    else:
-        score_u, sde_u, eps_u = model, model.sde, eps
     stochastic = trace != "exact"
-    kw = dict(trace=trace, quadrature=quadrature, **solver_options)
+    kw = dict(trace=trace, quadrature=quadrature, clock=clock, **solver_options)
     start = time.perf_counter()
-    bits, nfe = _per_image(score_u, sde_u, x, eps_u, probes, stochastic, batch_size, seed, progress,
+    bits, nfe = _per_image(model, model.sde, x, eps, probes, stochastic, batch_size, seed, progress,
                            rtol=rtol, atol=atol, **kw)
     seconds = time.perf_counter() - start
     per_image = bits.mean(1)
@@ -309,9 +206,9 @@ def image_bits_per_dim(model, levels: Tensor, *, trace: str = "exact", probes: i
     k = min(check_images, n)
     if k:
         first = x[:k]
-        base, _ = _per_image(score_u, sde_u, first, eps_u, probes, stochastic, k, seed + 1, False,
+        base, _ = _per_image(model, model.sde, first, eps, probes, stochastic, k, seed + 1, False,
                              rtol=rtol, atol=atol, **kw)
-        tight, _ = _per_image(score_u, sde_u, first, eps_u, probes, stochastic, k, seed + 1, False,
+        tight, _ = _per_image(model, model.sde, first, eps, probes, stochastic, k, seed + 1, False,
                               rtol=rtol / 10, atol=atol / 10, **kw)
         out["tolerance_check"] = {"images": k, "rtol": rtol / 10, "atol": atol / 10,
                                   "mean_abs_change_bpd": float((tight - base).abs().mean()),
@@ -319,19 +216,16 @@ def image_bits_per_dim(model, levels: Tensor, *, trace: str = "exact", probes: i
     return out
 
 
-def likelihood_command(diffusers: str, data: str, *, n: int | None = 1000, trace: str = "exact",
-                       probes: int = 1, quadrature: int | str | None = None, rtol: float = 1e-5,
+def likelihood_command(diffusers: str, data: str, *, n: int | None = 1000, trace: str | None = None,
+                       probes: int | None = None, quadrature: int | str | None = None, rtol: float = 1e-5,
                        atol: float = 1e-5, eps: float = 1e-5, batch_size: int = 200, seed: int = 0,
-                       json_path=None, device: str | None = None, progress: bool = True,
+                       device: str | None = None, progress: bool = True,
                        log=print) -> dict | None:
     """``sdediff likelihood --diffusers FOLDER --data FILE|digits``: bits/dim of uint8 images.
 
-    Under ``torchrun`` every rank solves its own batches and rank 0 logs and writes ``json_path``;
+    Under ``torchrun`` every rank solves its own batches and rank 0 logs and returns the numbers;
     the other ranks return ``None``.
     """
-    import json
-    from pathlib import Path
-
     from .distributed import init_from_env
     from .interop import from_diffusers
 
@@ -348,15 +242,13 @@ def likelihood_command(diffusers: str, data: str, *, n: int | None = 1000, trace
     se = f" +- {out['bpd_se_data']:.4f} (data s.e.)"
     probe = "" if out["probe_std"] is None else \
         f"; probe std per image {out['probe_std']:.4f}, its part of the s.e. {out['bpd_se_probes']:.4f}"
+    path = out["trace"] if out["trace"] == "exact" else f"{out['trace']}, {out['probes']} probe(s)"
+    path += "" if out["quadrature"] is None else f", quadrature={out['quadrature']}"
     log(f"bits/dim of {out['n']} images ({shape[0]}x{shape[1]}x{shape[2]}, 256 levels on [-1, 1], "
-        f"uniformly dequantized): {out['bpd']:.4f}{se}{probe} (trace={trace}, NFE {out['nfe']}, "
+        f"uniformly dequantized): {out['bpd']:.4f}{se}{probe} (trace={path}, NFE {out['nfe']}, "
         f"{out['seconds']:.1f} s, {world} process{'es' if world > 1 else ''})")
     check = out.get("tolerance_check")
     if check:
         log(f"solver check: the first {check['images']} images at rtol={check['rtol']:g}, atol={check['atol']:g} "
             f"change by {check['mean_abs_change_bpd']:.2e} bits/dim on average")
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(out, indent=1))
-        log(f"wrote {json_path}")
     return out

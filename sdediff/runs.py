@@ -348,8 +348,8 @@ def sample_to_file(ckpt: str | os.PathLike, out: str | os.PathLike, *, sampler: 
     return x
 
 
-def likelihood(ckpt: str | os.PathLike | None, data: str, *, other_data: bool = False, trace: str = "exact",
-               n: int = 1000, probes: int = 1, quadrature: int | str | None = None, rtol: float = 1e-5,
+def likelihood(ckpt: str | os.PathLike | None, data: str, *, other_data: bool = False, trace: str | None = None,
+               n: int = 1000, probes: int | None = None, quadrature: int | str | None = None, rtol: float = 1e-5,
                atol: float = 1e-5, eps: float = 1e-5, batch_size: int = 200, seed: int = 0, which: str = "ema",
                json_path: str | os.PathLike | None = None, device: str | None = None, progress: bool = True,
                diffusers: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -359,7 +359,9 @@ def likelihood(ckpt: str | os.PathLike | None, data: str, *, other_data: bool = 
     ``other_data``. Toy sets: fresh test draws; the ring adds the true NLL of the same points and
     the paired gap. Digits: bits/dim. Returns the numbers (also written to ``json_path``).
     ``diffusers`` (instead of ``ckpt``): bits/dim of uint8 images under a diffusers model
-    (:func:`sdediff.image_likelihood.likelihood_command`).
+    (:func:`sdediff.image_likelihood.likelihood_command`). Without ``trace``: the exact trace
+    for a checkpoint, the variance-reduced Hutchinson path for images (their ``d`` is too large
+    for ``d`` backward passes per evaluation); ``probes`` defaults to 1 (to the path's own count).
     """
     from .analytic import GaussianMixture
     from .datasets import ring_params
@@ -369,9 +371,11 @@ def likelihood(ckpt: str | os.PathLike | None, data: str, *, other_data: bool = 
         raise ValueError("give --ckpt RUN (a model trained by sdediff) or --diffusers FOLDER, one of the two")
     if diffusers is not None:
         from .image_likelihood import likelihood_command
-        return likelihood_command(diffusers, data, n=n, trace=trace, probes=probes, quadrature=quadrature, rtol=rtol,
-                                  atol=atol, eps=eps, batch_size=batch_size, seed=seed, json_path=json_path,
-                                  device=str(parse_device(device)), progress=progress, log=log)
+        out = likelihood_command(diffusers, data, n=n, trace=trace, probes=probes, quadrature=quadrature, rtol=rtol,
+                                 atol=atol, eps=eps, batch_size=batch_size, seed=seed,
+                                 device=str(parse_device(device)), progress=progress, log=log)
+        return _write_json(out, json_path, log)  # None on ranks > 0
+    trace, probes = trace or "exact", probes or 1
     dev = parse_device(device)
     model = load_model(ckpt, which, dev, dtype=torch.float64)
     trained_on = read_run_info(ckpt).get("data")
@@ -405,7 +409,12 @@ def likelihood(ckpt: str | os.PathLike | None, data: str, *, other_data: bool = 
                    gap=float(gap.mean()), gap_se=float(gap.std() / math.sqrt(len(gap))))
         log(f"true NLL of the same points: {out['true_nll']:.4f}; true entropy {entropy:.4f} +- {entropy_se:.4f}; "
             f"paired gap (an estimate of KL) {out['gap']:.4f} +- {out['gap_se']:.4f} nats")
-    if json_path:
+    return _write_json(out, json_path, log)
+
+
+def _write_json(out: dict | None, json_path, log) -> dict | None:
+    """``out`` written to ``json_path`` (if both are given), and returned."""
+    if out is not None and json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(out, indent=1))
         log(f"wrote {json_path}")

@@ -32,6 +32,34 @@ def test_scale_squared_is_alphas_cumprod_at_every_knot(name):
     assert (sde.std(t) ** 2 + sde.scale(t) ** 2 - 1).abs().max() < 1e-14
 
 
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_float_lookup_is_the_tensor_lookup(name):
+    """``scale_and_std_at(t)`` (plain floats, the per-step look-up) equals the tensors' to a few ulp,
+    at knots, one ulp either side of them, in between and at the ends."""
+    sde = DiscreteVPSDE.from_schedule(name, N=1000, **SCHEDULES[name])
+    knots = torch.arange(1001, dtype=F64) / 1000
+    t = torch.cat([knots, torch.nextafter(knots, knots + 1).clamp(max=1), torch.nextafter(knots, knots - 1).clamp(min=0),
+                   torch.rand(300, generator=torch.Generator().manual_seed(3), dtype=F64)])
+    a, s = sde.scale_and_std(t)
+    assert torch.equal(a, sde.scale(t)) and torch.equal(s, sde.std(t))
+    got = torch.tensor([sde.scale_and_std_at(ti) for ti in t.tolist()], dtype=F64)
+    assert ((got[:, 0] - a) / a).abs().max() < 4e-16
+    inner = s > 0
+    assert ((got[inner, 1] - s[inner]) / s[inner]).abs().max() < 1e-15
+    assert sde.scale_and_std_at(0.0) == (1.0, 0.0)
+    assert sde.scale_and_std_at(1.0 + 1e-9) == sde.scale_and_std_at(1.0)  # round-off beyond T: clamped
+    for bad in (1.5, -0.1, math.nan):
+        with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+            sde.scale_and_std_at(bad)
+
+
+def test_float_lookup_of_any_linear_sde():
+    for sde in (sd.VPSDE(), sd.SubVPSDE(), sd.VESDE(), sd.LinearSDE(f=lambda t: -t, g=lambda t: 1 + t)):
+        t = torch.tensor([0.3], dtype=F64)
+        a, s = sde.scale_and_std_at(0.3)
+        assert a == pytest.approx(float(sde.scale(t)), rel=1e-15) and s == pytest.approx(float(sde.std(t)), rel=1e-15)
+
+
 def test_given_betas_or_alphas_cumprod_agree():
     betas = make_betas("linear", 100, 1e-3, 0.1)
     a = DiscreteVPSDE(betas=betas)
@@ -110,14 +138,16 @@ def _ring_likelihood_error(sde, **kw) -> float:
 
 
 def test_likelihood_error_as_small_as_vp():
-    # f and g jump at every knot; an adaptive solver in t is first order across the jumps
-    # unless it stops there (torchdiffeq's jump_t). Measured at rtol = atol = 1e-5, 100 ring
-    # points: VPSDE 3.2e-5 nats; this 50-step schedule 5.5e-5 with jump_t (8.3e-3 without:
-    # 1000-step schedules show the same, 6.5e-3, see DiscreteVPSDE.breakpoints).
+    # f and g jump at every knot; an adaptive solver in t is first order across the jumps unless it
+    # stops there (torchdiffeq's jump_t). By default the likelihood solves a DiscreteVPSDE on the
+    # log-SNR clock, smooth across them. Measured at rtol = atol = 1e-5, 100 ring points: VPSDE
+    # 3.2e-5 nats; this 50-step schedule 5.5e-5 with jump_t; diffusers' 1000-step schedule 6.0e-5
+    # by default (6.5e-3 on the time clock, tests/test_likelihood_clock.py).
     sde = sd.DiscreteVPSDE.from_schedule("linear", N=50, beta_start=2e-3, beta_end=0.35)
     vp = _ring_likelihood_error(sd.VPSDE())
     disc = _ring_likelihood_error(sde, options={"jump_t": sde.breakpoints})
-    assert vp < 1e-4 and disc < 1e-4, (vp, disc)
+    default = _ring_likelihood_error(sd.DiscreteVPSDE.from_schedule("linear", N=1000))
+    assert vp < 1e-4 and disc < 1e-4 and default < 1e-4, (vp, disc, default)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -1,4 +1,4 @@
-"""Bits/dim of uint8 images under a diffusers model, and the log-SNR clock of its likelihood."""
+"""Bits/dim of uint8 images under a diffusers model."""
 from __future__ import annotations
 
 import json
@@ -11,50 +11,11 @@ import torch
 
 import sdediff as sd
 from sdediff import cli
-from sdediff.image_likelihood import (LogSNRClockSDE, digits_as_uint8, image_bits_per_dim, load_images,
-                                      log_snr_clock, model_image_shape)
+from sdediff.image_likelihood import digits_as_uint8, image_bits_per_dim, load_images, model_image_shape
 
 pytest.importorskip("diffusers")
 F64 = torch.float64
 FAST = dict(rtol=1e-3, atol=1e-3)  # a random network's flow is rough in time: loose tolerances keep tests short
-
-
-def _ring_error(score_fn, sde, x, exact, eps=1e-5, **kw) -> tuple[float, int]:
-    res = sd.log_likelihood(score_fn, sde, x, eps=eps, rtol=1e-5, atol=1e-5, **kw)
-    return float((res.logp - exact).abs().mean()), res.nfe
-
-
-def test_log_snr_clock_removes_the_knot_error_of_a_discrete_schedule():
-    # f and g jump at each of the 1000 knots; in t the adaptive solver is first order across each
-    # jump. On the log-SNR clock the same flow is smooth. Measured, 100 ring points, exact score:
-    # t clock 6.5e-3 nats in 434 NFE, log-SNR clock 6.6e-5 in 122 NFE (VPSDE: 3.2e-5 in 104).
-    oracle = sd.GaussianMixture(*sd.ring_params())
-    sde = sd.DiscreteVPSDE.from_schedule("linear", N=1000)
-    x = oracle.sample(100, generator=torch.Generator().manual_seed(2), dtype=F64)
-    exact = oracle.marginal_log_prob(x, 1e-5, sde)
-    score_u, clock, eps_u = log_snr_clock(oracle.score_fn(sde), sde, 1e-5)
-    p_T = lambda z: oracle.marginal_log_prob(z, sde.T, sde)  # noqa: E731 - the exact closing density
-    on_clock, nfe_clock = _ring_error(score_u, clock, x, exact, eps_u, prior_logp=p_T)
-    in_t, nfe_t = _ring_error(oracle.score_fn(sde), sde, x, exact, prior_logp=p_T)
-    assert on_clock < 2e-4 and in_t > 3e-3, (on_clock, in_t)
-    assert nfe_clock < nfe_t
-
-
-def test_log_snr_clock_sde_matches_the_discrete_marginals_at_its_ends():
-    sde = sd.DiscreteVPSDE.from_schedule("linear", N=1000)
-    _, clock, eps = log_snr_clock(lambda x, t: x, sde, 1e-3)
-    ends = torch.tensor([1e-3, 1.0], dtype=F64)
-    assert torch.allclose(clock.scale(ends), sde.scale(ends), rtol=1e-12)
-    assert torch.allclose(clock.std(ends), sde.std(ends), rtol=1e-10)
-    u = torch.linspace(0.01, 1.0, 7, dtype=F64)
-    # g^2 = -2 f and s^2 = 1 - a^2 (variance preserving); lambda is linear in u
-    assert torch.allclose(clock.g(u) ** 2, -2 * clock.f(u))
-    assert torch.allclose(clock.scale(u) ** 2 + clock.std(u) ** 2, torch.ones_like(u))
-    assert torch.allclose(clock.t_from_log_snr(clock.log_snr(u)), u)
-    with pytest.raises(ValueError, match="lam_1 < lam_0"):
-        LogSNRClockSDE(1.0, 2.0)
-    with pytest.raises(ValueError, match="variance-preserving"):
-        log_snr_clock(lambda x, t: x, sd.VESDE(), 1e-3)
 
 
 # ------------------------------------------------------------------------------ a model folder
@@ -117,6 +78,23 @@ def test_cli_bits_per_dim_with_the_error_split(folder, tmp_path, capsys):
     assert code == 0, err
     r = json.loads(out.read_text())
     assert r["probe_std"] is None and r["trace"] == "rademacher" and r["n"] == 2
+
+
+def test_cli_default_path_is_the_image_path(folder, tmp_path, capsys):
+    """Without --trace, images get the variance-reduced Hutchinson path (the exact trace costs d
+    backward passes per evaluation); --probes still sets its count."""
+    from sdediff.image_likelihood import IMAGE_PATH
+    out = tmp_path / "r.json"
+    code, stdout, err = _main(capsys, "likelihood", "--diffusers", folder, "--data", folder / "nhwc.npy",
+                              "--rtol", "1e-3", "--atol", "1e-3", "--out", out, "--no-progress")
+    assert code == 0, err
+    r = json.loads(out.read_text())
+    assert (r["trace"], r["probes"], r["quadrature"]) == (IMAGE_PATH["trace"], IMAGE_PATH["probes"],
+                                                           IMAGE_PATH["quadrature"])
+    assert f"{IMAGE_PATH['probes']} probe(s)" in stdout and r["probe_std"] > 0
+    code, _, err = _main(capsys, "likelihood", "--diffusers", folder, "--data", folder / "nhwc.npy", "--probes", "2",
+                         "--rtol", "1e-3", "--atol", "1e-3", "--out", out, "--no-progress")
+    assert code == 0 and json.loads(out.read_text())["probes"] == 2, err
 
 
 @pytest.mark.parametrize("make, fragment", [

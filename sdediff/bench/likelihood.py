@@ -233,7 +233,7 @@ def run(quick: bool = False, out_dir: Path | str | None = None, repeats: int | N
 
 
 def goals(rows: list[dict]) -> list[str]:
-    """Markdown lines checking the issue-4 goals against this run's rows."""
+    """Markdown lines checking the likelihood targets against this run's rows."""
     lines = []
     ref = {r["problem"]: r for r in rows if r["estimator"] == REFERENCE}
     for prob, bar in (("ring2d", "err <= 1e-4 nats"), ("mix64d", "err <= 1.1 x prior floor")):
@@ -319,7 +319,7 @@ def _write(rows: list[dict], out_dir: Path, quick: bool, threads: int, plot: boo
         lines.append(f"| {r['problem']} | {r['estimator']} | {r['rtol']:.0e} | {r['err']:.3e} | "
                      f"{r['max_err']:.2e} | {r['std']:.3e} | {fl} | {oe} | {r['nfe']} | {r['seconds']:.3f} | "
                      f"{r['seconds'] / ref[r['problem']]:.2f} |")
-    lines += ["", "## Goals of issue 4, checked on this run", ""] + goals(rows)
+    lines += ["", "## Targets, checked on this run", ""] + goals(rows)
     write_text(out_dir / "likelihood.md", lines)
     if plot:
         plt = pyplot()

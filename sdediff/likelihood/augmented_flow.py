@@ -47,15 +47,19 @@ class CountedScore:
     """Counts score evaluations, checks the output's shape and finiteness, and matches dtypes.
 
     A module whose parameters have another floating dtype than ``x`` (say a float32 model and
-    the float64 data the likelihood recommends) is evaluated at ``x`` cast to its dtype; any
+    the float64 data the likelihood recommends; ``model``: the module behind a wrapping
+    ``score_fn``) is evaluated at ``x`` cast to its dtype, unless it says it does so itself
+    (``model.accepts_any_dtype``, as the interop adapters do); any
     score output in another dtype than ``x`` is cast to ``x``'s. The ODE state, the
     divergence and the solver stay in ``x``'s dtype; the score carries its own precision.
     """
 
-    def __init__(self, score_fn: ScoreFn, dtype: torch.dtype):
+    def __init__(self, score_fn: ScoreFn, dtype: torch.dtype, model=None):
         self.score_fn = score_fn
         self.nfe = 0
-        model_dtype = _parameter_dtype(score_fn)
+        model = score_fn if model is None else model
+        # a model that casts to its network's dtype itself (an interop adapter) sees x as it is
+        model_dtype = None if getattr(model, "accepts_any_dtype", False) else _parameter_dtype(model)
         self.model_dtype = model_dtype if model_dtype not in (None, dtype) else None
         if self.model_dtype is not None:
             warnings.warn(f"score_fn's parameters are {self.model_dtype} while x is {dtype}: the score is "

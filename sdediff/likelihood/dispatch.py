@@ -7,8 +7,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .._random import as_generator
 from ..sde import SDE, LinearSDE
 from .augmented_flow import CountedScore, ScoreFn
+from .clock import solve_on
 from .ode_path import log_likelihood_by_ode
 from .quadrature_paths import log_likelihood_by_log_snr_nodes, log_likelihood_by_steps
 from .results import LikelihoodResult
@@ -22,7 +24,7 @@ _SOLVER_FIELDS = tuple(f.name for f in dataclasses.fields(SolverOptions))
 
 def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, trace: str = "exact",
                    probes: int = 1, *, rtol: float = 1e-5, atol: float = 1e-5,
-                   generator: torch.Generator | None = None,
+                   generator: torch.Generator | int | None = None,
                    prior_logp: Callable[[Tensor], Tensor] | None = None,
                    quadrature: int | str | None = None, solver: SolverOptions | None = None,
                    **solver_options) -> LikelihoodResult:
@@ -45,7 +47,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
         probes: Hutchinson probes per example (``>= 1``), averaged.
         rtol, atol: the solver's tolerances (on the augmented state; on ``x`` alone for the
             quadrature paths).
-        generator: the source of the probes (Hutchinson only).
+        generator: the source of the probes (Hutchinson only): a ``torch.Generator`` or an int seed.
         prior_logp: ``z -> (B,)`` to close the flow with another density at ``T``
             (default ``sde.prior_logp``), e.g. the exact ``p_T`` of an oracle.
         quadrature: ``None`` (default) integrates ``div F`` with the ODE. An int ``n >= 2``
@@ -71,7 +73,9 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
             brings them down.
         solver: the expert options, grouped (:class:`SolverOptions`: ``method``, ``options``,
             ``error_norm``, ``max_steps``, ``control_variate``, ``fresh_probes``,
-            ``nodes_per_step``).
+            ``nodes_per_step``, ``clock``). A :class:`~sdediff.sde.DiscreteVPSDE` (a model from
+            a discrete schedule, e.g. :func:`~sdediff.from_diffusers`) is solved on the log-SNR
+            clock by default, smooth across the schedule's knots.
         **solver_options: the same fields as keywords, e.g. ``error_norm="per_example"``
             (instead of ``solver``, not with it).
 
@@ -89,7 +93,10 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, eps: float = 1e-5, tr
     """
     solver = _solver_options(solver, solver_options)
     _check_inputs(score_fn, sde, x, eps, trace, probes, rtol, atol)
-    score = CountedScore(score_fn, x.dtype)
+    generator = as_generator(generator)
+    model = score_fn
+    score_fn, sde, eps = solve_on(solver.clock, score_fn, sde, eps, solver.options)
+    score = CountedScore(score_fn, x.dtype, model)
     prior_logp = prior_logp or sde.prior_logp
     if quadrature is None:
         if solver.nodes_per_step != 3:

@@ -13,6 +13,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from .._random import as_generator
 from ..quantization import HIGH, LOW, bits_per_dim
 from ..sde import SDE
 from .augmented_flow import ScoreFn
@@ -24,7 +25,7 @@ __all__ = ["evaluate"]
 
 def evaluate(score_fn: ScoreFn, sde: SDE, data: Tensor | Iterable[Tensor], batch_size: int = 256,
              num_levels: int | None = None, low: float = LOW, high: float = HIGH, bpd: bool = False,
-             generator: torch.Generator | None = None, progress: bool = True,
+             generator: torch.Generator | int | None = None, progress: bool = True,
              **kwargs) -> EvaluationResult:
     """Log-likelihoods of a whole data set: mean, standard error and per-example values.
 
@@ -66,7 +67,7 @@ def evaluate(score_fn: ScoreFn, sde: SDE, data: Tensor | Iterable[Tensor], batch
         num_levels, low, high: passed to :func:`~sdediff.quantization.bits_per_dim`
             (``num_levels=None``: continuous data).
         bpd: also return bits per dimension.
-        generator: the source of Hutchinson probes.
+        generator: the source of Hutchinson probes: a ``torch.Generator`` or an int seed.
         progress: show a tqdm bar (on rank 0 only).
         **kwargs: passed to :func:`~sdediff.likelihood.log_likelihood` (``eps``, ``trace``,
             ``rtol``, ``solver``, ...).
@@ -90,6 +91,7 @@ def evaluate(score_fn: ScoreFn, sde: SDE, data: Tensor | Iterable[Tensor], batch
         data = torch.cat(batches)
     if data.dim() < 2 or data.shape[0] == 0:
         raise ValueError(f"data must have shape (N, *dims) with N >= 1, got {tuple(data.shape)}")
+    generator = as_generator(generator)
     n = data.shape[0]
     starts = list(range(0, n, batch_size))
     base_seed = 0

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from .._dopri5 import dopri5, runs_lean
+from .clock import CLOCKS
 
 __all__ = ["SolverOptions", "METHODS", "ADAPTIVE_METHODS", "ERROR_NORMS", "error_norm", "ode_solve"]
 
@@ -69,6 +70,11 @@ class SolverOptions:
         nodes_per_step: Gauss-Legendre nodes per accepted step with ``quadrature="steps"``
             (``>= 1``; 3 integrates a quintic in ``t`` exactly per step, like the 5th-order
             solver; 4 is more accurate per step).
+        clock: the time the flow is solved in (:mod:`~sdediff.likelihood.clock`; the answer is
+            the same, only the solver's error differs): ``"auto"`` takes the log-SNR for a
+            :class:`~sdediff.sde.DiscreteVPSDE`, whose ``f`` and ``g`` jump at every knot
+            (unless ``options`` has ``jump_t``), and the SDE's own time otherwise;
+            ``"log_snr"`` forces it for any variance-preserving linear SDE; ``"t"`` never.
     """
 
     method: str = "dopri5"
@@ -78,12 +84,15 @@ class SolverOptions:
     control_variate: bool = False
     fresh_probes: bool = False
     nodes_per_step: int = 3
+    clock: str = "auto"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be a torchdiffeq method, one of {METHODS}, got {self.method!r}")
         if self.options is not None and not isinstance(self.options, dict):
             raise TypeError(f"options must be a dict or None, got {type(self.options).__name__}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
         if self.error_norm not in ERROR_NORMS:
             raise ValueError(f"error_norm must be one of {ERROR_NORMS}, got {self.error_norm!r}")
         for name in ("max_steps", "nodes_per_step"):
