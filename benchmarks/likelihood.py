@@ -1,20 +1,9 @@
-"""``python -m benchmarks.likelihood``: :mod:`sdediff.bench.likelihood` run from the checkout.
+"""``python -m benchmarks.likelihood``: :mod:`sdediff.bench.likelihood` run from the checkout (see :mod:`benchmarks`)."""
+from sdediff.bench.likelihood import *  # noqa: F401,F403 - the benchmark's functions
 
-A full run writes to this checkout's ``benchmarks/results/`` (the committed results) unless
-``--out`` says otherwise; a ``--quick`` run writes to ``./bench-results`` and never over
-a full run's results.
-"""
-from pathlib import Path
+from . import checkout_main
 
-from sdediff.bench import run_benchmark
-from sdediff.bench.likelihood import *  # noqa: F401,F403 - the benchmark's functions, as before the move
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def main(argv=None) -> None:
-    run_benchmark("likelihood", argv, prog="python -m benchmarks.likelihood", results=RESULTS)
-
+main = checkout_main("likelihood")
 
 if __name__ == "__main__":
     main()
