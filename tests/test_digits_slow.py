@@ -1,4 +1,4 @@
-"""Slow: the digits bits/dim benchmark (issue "Must show": a model trained for at most 10 minutes on
+"""Slow: the digits bits/dim benchmark (the target: a model trained for at most 10 minutes on
 CPU beats a tuned scikit-learn GaussianMixture by at least 0.1 bits/dim, paired per test image).
 
 Run with ``pytest -m slow tests/test_digits_slow.py`` (about 11 minutes on 2 CPU cores: 8 of training).

@@ -50,7 +50,7 @@ def test_ring_vp_exact_trace_meets_one_millinat():
     x = draw(oracle, 500)
     res = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, trace="exact", rtol=1e-5, atol=1e-5)
     err = (res.logp - oracle.marginal_log_prob(x, EPS, sde)).abs().mean()
-    # Issue 4: mean abs error <= 1e-3 nats at rtol = atol = 1e-5 (measured ~8e-5, of which
+    # Target: mean abs error <= 1e-3 nats at rtol = atol = 1e-5 (measured ~8e-5, of which
     # ~3e-5 is the prior mismatch of N(0, I) at T).
     assert err <= 1e-3
     assert res.logp.shape == (500,) and res.logp.dtype == F64
@@ -66,7 +66,7 @@ def test_mixture64_exact_trace_error_per_example():
     p_T = oracle.marginal_log_prob(res.z, sde.T, sde)
     solver_err = (res.delta_logp + p_T - exact).abs()
     floor = (res.prior_logp - p_T).abs().mean()
-    # Issue 4: <= 1e-2 nats per example for the solver (measured ~2e-3); with the N(0, I)
+    # Target: <= 1e-2 nats per example for the solver (measured ~2e-3); with the N(0, I)
     # prior the total error cannot go below the prior-mismatch floor (~1.5e-2 here), so the
     # total is held to the goal "within 10% of the floor" (plus the solver's 2e-3 share).
     assert solver_err.max() <= 1e-2
@@ -97,7 +97,7 @@ def test_every_sde_with_its_own_prior(name):
     exact = oracle.marginal_log_prob(x, EPS, sde)
     res = log_likelihood(oracle.score_fn(sde), sde, x, eps=EPS, rtol=1e-5, atol=1e-5)
     p_T = oracle.marginal_log_prob(res.z, sde.T, sde)
-    # The solver's share of the error (exact p_T closing): the 1e-3 bar of issue 4.
+    # The solver's share of the error (exact p_T closing): the 1e-3 bar.
     assert (res.delta_logp + p_T - exact).abs().mean() <= 1e-3
     # With the SDE's own prior, the error is that plus the prior mismatch, measured separately.
     floor = (res.prior_logp - p_T).abs().mean()

@@ -23,7 +23,7 @@ def test_evaluate_batches_tensors_and_iterables():
     assert ev.mean_nll == pytest.approx(-ev.mean_logp)
     assert ev.stderr == pytest.approx(float(ev.logp.std()) / math.sqrt(16))
     assert ev.mean_bpd == pytest.approx(float(-ev.logp.mean() / (2 * math.log(2))))
-    # Each batch is an independent solve, held to the 1e-3-nat bar of issue 4 on the mean.
+    # Each batch is an independent solve, held to the 1e-3-nat bar on the mean.
     assert (ev.logp - oracle.marginal_log_prob(x, EPS, sde)).abs().mean() < 1e-3
     ev2 = evaluate(oracle.score_fn(sde), sde, list(x.split(5)), batch_size=8, progress=False, **kw)
     assert torch.equal(ev.logp, ev2.logp)

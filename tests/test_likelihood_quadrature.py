@@ -101,7 +101,7 @@ def test_steps_quadrature_meets_1e4_nats_on_the_ring_and_converges():
         errs[tol] = float((res.logp - exact).abs().mean())
         solver_errs[tol] = float((res.delta_logp + p_T - exact).abs().mean())
         assert torch.allclose(res.logp, res.prior_logp + res.delta_logp)
-    # Issue 4's 2-D bar, <= 1e-4 nats per example with the N(0, I) prior (measured 5e-5 on
+    # The 2-D bar, <= 1e-4 nats per example with the N(0, I) prior (measured 5e-5 on
     # 1,000 points at rtol 3e-5, of which 3e-5 is the prior mismatch).
     assert errs[3e-5] <= 1e-4, errs
     # 3-point Gauss-Legendre per 5th-order step: the error falls with the tolerance
@@ -117,7 +117,7 @@ def test_steps_quadrature_on_the_64d_mixture_reaches_the_prior_floor():
                          error_norm="per_example", quadrature="steps")
     p_T = oracle.marginal_log_prob(res.z, sde.T, sde)
     floor = (res.prior_logp - p_T).abs().mean()
-    # As for the ODE path at issue 4's rtol = atol = 1e-5: the solver's share <= 1e-2 per
+    # As for the ODE path at rtol = atol = 1e-5: the solver's share <= 1e-2 per
     # example (measured max 3e-3 here), the total within 10% of the prior-mismatch floor
     # plus that share.
     assert (res.delta_logp + p_T - exact).abs().max() <= 1e-2

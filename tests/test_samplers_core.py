@@ -44,7 +44,7 @@ def test_nfe_counts_match_declaration(name, opts, steps):
 N_RING = 1000
 # Sliced-W2 between n = 1000 true samples of the ring fluctuates by ~25% around its mean
 # (measured over seeds); a sampler with no visible error lands at 0.5-1.2x the floor, so the
-# 1.5x bar of the issue is met with margin only if the sampler is right. Coarse samplers fail it:
+# 1.5x bar is met with margin only if the sampler is right. Coarse samplers fail it:
 # e.g. euler with 5 steps or per-example Langevin norms in 2-D are far above 1.5x.
 RING_CASES = [
     ("euler_maruyama", VP, 200, {}), ("reverse_diffusion", VP, 200, {}), ("ancestral", VP, 200, {}),
@@ -105,7 +105,7 @@ def test_convergence_order(name, opts, order, steps):
                       denoise=False, **opts)
         errs.append(float((x - ref).norm(dim=1).mean()))
     slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
-    # the issue's bar: fitted log-log slope within 0.3 of the theoretical order
+    # the bar: fitted log-log slope within 0.3 of the theoretical order
     assert abs(slope - order) < 0.3, (errs, slope)
 
 

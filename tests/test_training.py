@@ -1,5 +1,5 @@
 """The Trainer: exact resume, atomic checkpoints, NaN handling, early stopping, clear errors,
-data-parallel equivalence, and (slow) the ring NLL target of issue 5."""
+data-parallel equivalence, and (slow) the ring NLL target."""
 import copy
 import json
 import math
@@ -204,12 +204,12 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_ring_mlp_reaches_the_true_entropy_within_0_1_nats():
-    """Issue 5: <= 2 minutes of training, held-out NLL (exact trace, VP) within 0.1 nats of H."""
+    """Target: <= 2 minutes of training, held-out NLL (exact trace, VP) within 0.1 nats of H."""
     from benchmarks.training import ring_experiment
     res = ring_experiment(train_seconds=60.0, num_test=1000, seed=0)
     # The paired gap E[log p_true - log p_model] on the test points is a KL estimate; the NLL is
     # compared against the mixture's entropy (MC estimate, SE ~0.002) with the test set's own
-    # sampling error (SE ~0.03 for 1000 points) on top: 0.1 nats is the issue's bound.
+    # sampling error (SE ~0.03 for 1000 points) on top: 0.1 nats is the bound.
     assert res["nll"] - res["entropy"] < 0.1, res
     assert res["kl_gap"] < 0.1, res
 
