@@ -232,8 +232,8 @@ def sample(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, shape, sample
                             callback=callback, **options)
             if denoise or land_at_zero:
                 score.step = steps - 1 if land_at_zero else steps
-                t_end = grid_ts[-1:].to(torch.float64)
-                x = tweedie(score, x, float(t_end), float(sde.scale(t_end)), float(sde.std(t_end)))
+                t_end = float(grid_ts[-1])
+                x = tweedie(score, x, t_end, *sde.scale_and_std_at(t_end))
                 if land_at_zero and callback is not None:
                     callback(step=steps - 1, t=0.0, x=x, denoised=x)
         return x, score.nfe
