@@ -27,6 +27,7 @@ import torch
 import sdediff as sd
 from sdediff.image_likelihood import IMAGE_LEVELS
 
+from .peer_samplers import require_diffusers
 from .report import (Progress, add_output_args, announce, guard_quick, output_dir, pyplot, save_figure,
                      write_json, write_text)
 
@@ -194,6 +195,7 @@ def sampler_rows(unet, ddpm, shape: tuple[int, ...], steps_list, repeats: int, l
 # ------------------------------------------------------------------------------ run and report
 def run(quick: bool = False, out_dir: str | Path = "bench-results", log=print) -> dict:
     """Run the benchmark and write ``interop.json``, ``interop.md`` and ``interop.png`` to ``out_dir``."""
+    require_diffusers("the interop benchmark", "diffusers")
     torch.set_num_threads(1)
     size, batch = (16, 8) if quick else (32, 64)
     lik_batch, repeats, lik_repeats = (4, 2, 2) if quick else (64, 5, 3)

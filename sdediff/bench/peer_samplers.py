@@ -37,13 +37,13 @@ TRAIN_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start
                     prediction_type="epsilon")
 
 
-def require_diffusers():
+def require_diffusers(who: str = "the peer benchmark", extra: str = "peers"):
     """Import diffusers (its logging quietened) or fail naming the extra that installs it."""
     try:
         import diffusers
     except ImportError as err:
-        raise ImportError("the peer benchmark needs the diffusers library: install the 'peers' extra, "
-                          "pip install \"sdediff[peers]\" (or pip install -e \".[peers]\" in a checkout)") from err
+        raise ImportError(f"{who} needs the diffusers library: install the '{extra}' extra, "
+                          f"pip install \"sdediff[{extra}]\" (or pip install -e \".[{extra}]\" in a checkout)") from err
     diffusers.utils.logging.set_verbosity_error()
     return diffusers
 
