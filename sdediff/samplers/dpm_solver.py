@@ -92,6 +92,11 @@ def dpm_solver(score, sde: LinearSDE, x: Tensor, ts: Tensor, *, generator=None, 
             / (2 r)]`` with ``r = h_prev / h`` (:func:`midpoint_weights`; diffusers'
             ``DPMSolverMultistepScheduler(solver_type="midpoint")``). Both are second order
             and differ by ``O(h^3)`` per step; three-node updates are the same for both.
+            diffusers' scheduler, step for step: ``sample(model, model.sde, shape,
+            sampler="dpm_solver", grid=<its timesteps as times, then 0>, solver_type="midpoint",
+            max_step_ratio=None)`` (it keeps order 2 up to the final landing; the grid is
+            ``torch.cat([model.time_of(scheduler.timesteps), torch.zeros(1)])`` for a
+            :func:`~sdediff.from_diffusers` model).
         **adaptive_options: ``rtol``, ``atol``, ``h_init``, ``theta`` for ``method="adaptive"``.
 
     Returns:
