@@ -109,7 +109,7 @@ class _Options:
         self.type: dict[str, Callable] = {}
         self.required: dict[str, str] = {}
 
-    def add(self, flag: str, *, required: bool = False, **kw) -> None:
+    def add(self, flag: str, *aliases: str, required: bool = False, **kw) -> None:
         key = flag.lstrip("-").replace("-", "_")
         dest = self.dest[key] = kw.get("dest", key)
         action = kw.get("action")
@@ -119,7 +119,7 @@ class _Options:
         if required:
             self.required[dest] = flag
             kw["help"] = kw.get("help", "") + " (required)"
-        self.parser.add_argument(flag, **kw)
+        self.parser.add_argument(flag, *aliases, **kw)
 
 
 def _command(sub, options: dict[str, _Options], name: str, help: str, description: str) -> _Options:
@@ -202,7 +202,7 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
     o.add("--sampler", type=_choice("sampler", lambda: tuple(available_samplers())), default="dpm_solver",
           metavar="NAME", help="a registered sampler, see 'sdediff samplers' (default: dpm_solver)")
     o.add("--steps", type=_positive_int, default=50, help="sampler steps (default: 50)")
-    o.add("--n", type=_positive_int, default=1000, help="number of samples (default: 1000)")
+    o.add("--n", "--count", type=_positive_int, default=1000, help="number of samples (default: 1000; --count under torchrun)")
     o.add("--out", type=_sample_file, required=True,
           help="output file, .npy (raw array) or .png (scatter / image grid)")
     o.add("--seed", type=_nonneg_int, default=0,
@@ -230,7 +230,7 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
           help="evaluate on a data set other than the one the checkpoint was trained on")
     o.add("--trace", type=_choice("--trace", lambda: TRACE_ESTIMATORS), default=None, metavar="exact|gaussian|rademacher",
           help="divergence: exact or Hutchinson (default: exact; --diffusers: gaussian, 4 probes/node, steps)")
-    o.add("--n", type=_positive_int, default=1000, help="test examples (default: 1000; digits: <= 300)")
+    o.add("--n", "--count", type=_positive_int, default=1000, help="test examples (default: 1000; digits: <= 300)")
     o.add("--probes", type=_positive_int, default=None,
           help="Hutchinson probes per example (per node with --quadrature; default: 1, or the --diffusers path's)")
     o.add("--quadrature", type=_quadrature, default=None, metavar="N|steps",

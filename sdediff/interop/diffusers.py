@@ -169,7 +169,7 @@ def _load_folder(folder: Path, need_scheduler: bool, torch_dtype) -> tuple[nn.Mo
     else:
         raise FileNotFoundError(f"{folder} holds no diffusers model: expected config.json (a model folder) "
                                 "or unet/config.json (a pipeline folder)")
-    kwargs = {"local_files_only": True}
+    kwargs = {"local_files_only": True, "low_cpu_mem_usage": False}  # (no accelerate needed, or nagged for)
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
     unet = _class_of(diffusers, model_dir / "config.json", "UNet2DModel").from_pretrained(model_dir, **kwargs)

@@ -101,12 +101,13 @@ def evaluate(score_fn: ScoreFn, sde: SDE, data: Tensor | Iterable[Tensor], batch
     rank, world = _rank_and_world()
     mine = range(len(starts) * rank // world, len(starts) * (rank + 1) // world)
     gen_device = generator.device if generator is not None else data.device
-    local: list[tuple[int, Tensor, int]] = []
+    local: list[tuple[int, Tensor, int, Tensor | None]] = []
     for b in tqdm(mine, desc=f"likelihood (rank {rank})" if world > 1 else "likelihood",
                   disable=not progress or rank != 0, unit="batch"):
         gen = torch.Generator(device=gen_device).manual_seed(base_seed + b)
         res = log_likelihood(score_fn, sde, data[starts[b]:starts[b] + batch_size], generator=gen, **kwargs)
-        local.append((b, res.logp.detach().cpu(), res.nfe))
+        probe = None if res.probe_logp is None else res.probe_logp.detach().cpu()
+        local.append((b, res.logp.detach().cpu(), res.nfe, probe))
     if world > 1:  # the one collective: after every solve
         import torch.distributed as dist
         gathered: list = [None] * world
@@ -118,7 +119,9 @@ def evaluate(score_fn: ScoreFn, sde: SDE, data: Tensor | Iterable[Tensor], batch
     d = data[0].numel()
     mean = float(logp.mean())
     stderr = float(logp.std() / math.sqrt(n)) if n > 1 else float("nan")
-    out = EvaluationResult(logp=logp, mean_logp=mean, mean_nll=-mean, stderr=stderr, nfe=nfe, dim=d)
+    probe_logp = None if local[0][3] is None else torch.cat([item[3] for item in local], 1).to(data.device)
+    out = EvaluationResult(logp=logp, mean_logp=mean, mean_nll=-mean, stderr=stderr, nfe=nfe, dim=d,
+                           probe_logp=probe_logp)
     if bpd:
         bits = bits_per_dim(logp, d, num_levels=num_levels, low=low, high=high)
         out.bpd, out.mean_bpd = bits, float(bits.mean())

@@ -32,7 +32,7 @@ from ..sde import LinearSDE
 from .augmented_flow import CountedScore, trajectory_drift
 from .results import LikelihoodResult, close_flow
 from .solvers import SolverOptions, error_norm, ode_solve
-from .trace_estimators import VJP, BatchedVJP, divergence, draw_probes
+from .trace_estimators import VJP, BatchedVJP, draw_probes, exact_trace, hutchinson_forms
 
 __all__ = ["NodeTraces", "log_likelihood_by_log_snr_nodes", "log_likelihood_by_steps"]
 
@@ -57,8 +57,9 @@ class NodeTraces:
 
     :meth:`add` takes one node (its time and its ``(B, d)`` state) and runs a batched
     pass whenever ``group`` nodes are waiting; :meth:`traces` runs the rest and returns
-    all of them, ``(N, B)`` in the order added (their times in :attr:`times`). With
-    Hutchinson probes every node draws its own. Each node counts as one evaluation of ``score``.
+    all of them, ``(P, N, B)`` in the order added (their times in :attr:`times`): with
+    Hutchinson probes, every node draws its own ``P`` and the forms are kept probe by probe
+    (``P = 1`` for the exact trace). Each node counts as one evaluation of ``score``.
     """
 
     def __init__(self, score: CountedScore, shape: tuple[int, ...], trace: str, probes: int,
@@ -85,7 +86,7 @@ class NodeTraces:
     def traces(self) -> Tensor:
         if self._waiting:
             self._run()
-        tr = torch.cat(self._out)
+        tr = torch.cat(self._out, 1)
         if not all_finite(tr):
             raise FloatingPointError("the divergence came out NaN/inf at a quadrature node: check the "
                                      "score function and eps")
@@ -101,12 +102,12 @@ class NodeTraces:
             y = x_nodes.reshape(rows, self.dim).detach().requires_grad_(True)
             out = self.score.raw(y.reshape((rows,) + self.shape[1:]), t_rows).reshape(rows, self.dim)
             self.score.nfe += k
-            v = None
-            if self.trace != "exact":
+            if self.trace == "exact":
+                tr = exact_trace(VJP(out, y), y, self.batched_vjp)[None]
+            else:
                 v = draw_probes(self.trace, (self.probes, rows, self.dim), y, self.generator)
-            tr = divergence(self.trace, VJP(out, y), y, out.detach(), v, self.batched_vjp,
-                            self.control_variate)
-        self._out.append(tr.detach().reshape(k, self.batch))
+                tr = hutchinson_forms(VJP(out, y), v, out.detach(), self.batched_vjp, self.control_variate)
+        self._out.append(tr.detach().reshape(-1, k, self.batch))
 
 
 def log_likelihood_by_log_snr_nodes(score: CountedScore, sde: LinearSDE, x: Tensor, eps: float, n: int,
@@ -135,11 +136,11 @@ def log_likelihood_by_log_snr_nodes(score: CountedScore, sde: LinearSDE, x: Tens
     nodes = NodeTraces(score, shape, trace, probes, generator, solver.control_variate)
     for t_node, x_node in zip(t_nodes.tolist(), nodes_x):
         nodes.add(t_node, x_node)
-    tr = nodes.traces()  # (n, B)
+    tr = nodes.traces()  # (P, n, B)
     s2 = sde.std(t_nodes).to(**kw) ** 2
     log_a = torch.log(sde.scale(t_ends).to(**kw))
-    # int div F dt = d log(a(T) / a(eps)) - int s^2 tr(d score/dx) dlambda
-    delta = d * (log_a[1] - log_a[0]) - (weights[:, None] * s2[:, None] * tr).sum(0)
+    # int div F dt = d log(a(T) / a(eps)) - int s^2 tr(d score/dx) dlambda, probe by probe
+    delta = d * (log_a[1] - log_a[0]) - (weights[:, None] * s2[:, None] * tr).sum(1)
     return close_flow(x_T.reshape(shape), delta, prior_logp, score.nfe, trace, probes)
 
 
@@ -164,9 +165,9 @@ def log_likelihood_by_steps(score: CountedScore, sde: LinearSDE, x: Tensor, eps:
     with torch.no_grad():
         x_T, _ = ode_solve(trajectory_drift(score, sde, shape), x.reshape(batch, d), eps, sde.T, solver,
                            rtol, atol, error_norm(solver.error_norm, d, include_delta=False), on_step=on_step)
-    tr = nodes.traces()  # (N, B)
+    tr = nodes.traces()  # (P, N, B)
     _, wg2 = sde.reverse(score, probability_flow=True).coefficients(torch.tensor(nodes.times, **kw))
     log_a = torch.log(sde.scale(torch.tensor([eps, sde.T], **kw)).to(**kw))
-    # int div F dt = d log(a(T) / a(eps)) - int w g^2 tr(d score/dx) dt
-    delta = d * (log_a[1] - log_a[0]) - (torch.tensor(weights, **kw)[:, None] * wg2.to(**kw)[:, None] * tr).sum(0)
+    # int div F dt = d log(a(T) / a(eps)) - int w g^2 tr(d score/dx) dt, probe by probe
+    delta = d * (log_a[1] - log_a[0]) - (torch.tensor(weights, **kw)[:, None] * wg2.to(**kw)[:, None] * tr).sum(1)
     return close_flow(x_T.reshape(shape), delta, prior_logp, score.nfe, trace, probes)

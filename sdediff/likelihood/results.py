@@ -25,6 +25,10 @@ class LikelihoodResult:
         dim: ``d``, the number of entries of one example.
         trace: the divergence estimator used.
         probes: Hutchinson probes per solve (0 for the exact trace).
+        probe_logp: ``(P, B)`` with Hutchinson probes and a quadrature (``None`` otherwise): the
+            log-density with each probe's own node estimates -- ``P`` independent unbiased
+            estimates sharing one trajectory, whose mean is ``logp``; their spread over ``P``
+            is the probe noise of one of them (``/ sqrt(P)`` for ``logp``'s).
     """
 
     logp: Tensor
@@ -35,6 +39,7 @@ class LikelihoodResult:
     dim: int
     trace: str = "exact"
     probes: int = 0
+    probe_logp: Tensor | None = None
 
     @property
     def nll(self) -> Tensor:
@@ -60,6 +65,8 @@ class EvaluationResult:
         dim: ``d``.
         bpd: ``(N,)`` bits per dimension, if asked for (else ``None``).
         mean_bpd, bpd_stderr: its mean and standard error (else ``None``).
+        probe_logp: ``(P, N)`` the per-probe estimates of a quadrature path with Hutchinson
+            probes (see :class:`LikelihoodResult`), else ``None``.
     """
 
     logp: Tensor
@@ -71,12 +78,17 @@ class EvaluationResult:
     bpd: Tensor | None = None
     mean_bpd: float | None = None
     bpd_stderr: float | None = None
+    probe_logp: Tensor | None = None
 
 
 def close_flow(z: Tensor, delta: Tensor, prior_logp: Callable[[Tensor], Tensor], nfe: int, trace: str,
                probes: int) -> LikelihoodResult:
-    """``log p_eps(x) = log p_T(z) + delta``, checked: the result of every path."""
+    """``log p_eps(x) = log p_T(z) + delta``, checked: the result of every path. ``delta`` is
+    ``(B,)``, or ``(P, B)`` probe by probe (a quadrature path: kept as ``probe_logp``)."""
     batch = z.shape[0]
+    probe_delta = None
+    if delta.dim() == 2:
+        probe_delta, delta = (delta, delta.mean(0)) if trace != "exact" else (None, delta[0])
     prior = prior_logp(z)
     if not isinstance(prior, Tensor) or prior.shape != (batch,):
         raise ValueError(f"prior_logp must return a tensor of shape (B,) = ({batch},), got "
@@ -85,5 +97,7 @@ def close_flow(z: Tensor, delta: Tensor, prior_logp: Callable[[Tensor], Tensor],
     if not bool(torch.isfinite(logp).all()):
         raise FloatingPointError("the log-likelihood came out NaN/inf: check the score function, "
                                  "eps and the tolerances")
+    probe_logp = None if probe_delta is None else prior.to(delta)[None] + probe_delta
     return LikelihoodResult(logp=logp, prior_logp=prior.to(delta), delta_logp=delta, z=z, nfe=nfe,
-                            dim=z[0].numel(), trace=trace, probes=0 if trace == "exact" else probes)
+                            dim=z[0].numel(), trace=trace, probes=0 if trace == "exact" else probes,
+                            probe_logp=probe_logp)

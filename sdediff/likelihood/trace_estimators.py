@@ -54,6 +54,11 @@ class VJP:
         return torch.zeros_like(cotangent) if grad is None else grad
 
 
+#: Cotangents up to which a failed vectorization falls back to a loop without a warning (the
+#: Hutchinson probes of a node, say, against the exact trace's ``d``).
+QUIET_LOOP_MAX = 16
+
+
 class BatchedVJP:
     """``v^T J`` for a stack ``(c, B, d)`` of cotangents ``v``: one vectorized backward pass,
     or -- once vectorizing has failed for this function -- one pass per cotangent."""
@@ -68,9 +73,10 @@ class BatchedVJP:
             try:
                 return vjp.batched(cotangents)
             except (RuntimeError, NotImplementedError) as err:
-                warnings.warn(f"vectorizing the score's backward pass failed ({err}); falling "
-                              "back to one backward pass per cotangent (slower)",
-                              RuntimeWarning, stacklevel=4)
+                if cotangents.shape[0] > QUIET_LOOP_MAX:  # a few probes cost about the same either way
+                    warnings.warn(f"vectorizing the score's backward pass failed ({err}); falling "
+                                  "back to one backward pass per cotangent (slower)",
+                                  RuntimeWarning, stacklevel=4)
                 self.loop = True
         return torch.stack([vjp.single(c) for c in cotangents])
 
