@@ -199,9 +199,9 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
                  "Draw samples from a trained model with any registered sampler (see 'sdediff samplers') and "
                  "save them as .npy or a picture (.png).")
     o.add("--ckpt", required=True, **ckpt)
-    o.add("--sampler", type=_choice("sampler", lambda: tuple(available_samplers())), default="dpm_solver",
-          metavar="NAME", help="a registered sampler, see 'sdediff samplers' (default: dpm_solver)")
-    o.add("--steps", type=_positive_int, default=50, help="sampler steps (default: 50)")
+    o.add("--sampler", type=_choice("sampler", lambda: tuple(available_samplers())), default=None,
+          metavar="NAME", help="a registered sampler, see 'sdediff samplers' (default: unipc; ode for a non-linear SDE)")
+    o.add("--steps", type=_positive_int, default=None, help="sampler steps (default: the sampler's own, unipc: 20)")
     o.add("--n", "--count", type=_positive_int, default=1000, help="number of samples (default: 1000; --count under torchrun)")
     o.add("--out", type=_sample_file, required=True,
           help="output file, .npy (raw array) or .png (scatter / image grid)")
@@ -209,11 +209,11 @@ def _build() -> tuple[_Parser, dict[str, _Options]]:
           help="sample i uses seed + i, so the output is the same under 'torchrun --nproc_per_node K' "
                "(ranks take shards of the seeds; rank 0 writes) (default: 0)")
     grids = ("uniform", "quadratic", "karras", "logsnr")
-    o.add("--grid", type=_choice("--grid", lambda: grids), default="uniform", metavar="|".join(grids),
-          help="time grid (default: uniform)")
+    o.add("--grid", type=_choice("--grid", lambda: grids), default=None, metavar="|".join(grids),
+          help="time grid (default: the sampler's own, unipc: quadratic)")
     o.add("--eps", type=_unit_float, default=1e-3, help="final time (default: 1e-3)")
-    o.add("--denoise", action=argparse.BooleanOptionalAction, default=True,
-          help="finish with Tweedie's denoising step (+1 NFE)")
+    o.add("--denoise", action=argparse.BooleanOptionalAction, default=None,
+          help="finish with Tweedie's denoising step (+1 NFE; default: the sampler's own)")
     o.add("--which", **which)
     add_conditional_options(o, "sample")  # --class, --guidance
     o.add("--device", **device)

@@ -289,8 +289,9 @@ def train(data: str, steps: int | None, out: str | os.PathLike, *, sde: str = "v
     return ckpt
 
 
-def sample_to_file(ckpt: str | os.PathLike, out: str | os.PathLike, *, sampler: str = "dpm_solver", steps: int = 50,
-                   n: int = 1000, seed: int = 0, grid: str = "uniform", eps: float = 1e-3, denoise: bool = True,
+def sample_to_file(ckpt: str | os.PathLike, out: str | os.PathLike, *, sampler: str | None = None,
+                   steps: int | None = None, n: int = 1000, seed: int = 0, grid: str | None = None,
+                   eps: float = 1e-3, denoise: bool | None = None,
                    which: str = "ema", label: int | None = None, guidance: float = 0.0,
                    device: str | None = None, progress: bool = True,
                    log: Callable[[str], None] = print) -> torch.Tensor | None:
@@ -302,9 +303,12 @@ def sample_to_file(ckpt: str | os.PathLike, out: str | os.PathLike, *, sampler: 
     the seeds and rank 0 writes them in seed order (:mod:`sdediff.distributed`), the same file as
     one process. Returns the samples (``None`` on the other ranks). ``label`` (``--class``) samples
     that class of a class-conditional checkpoint with classifier-free guidance weight ``guidance``.
+    ``sampler``, ``steps``, ``grid`` and ``denoise`` default to :func:`sdediff.sample`'s (the
+    default sampler at its own measured settings).
     """
     from .conditional_runs import guidance_title, guided_score
     from .distributed import init_from_env, sample_seeds
+    from .samplers import available_samplers, default_sampler
 
     suffix = Path(out).suffix.lower()
     if suffix not in (".npy", ".png"):
@@ -318,6 +322,8 @@ def sample_to_file(ckpt: str | os.PathLike, out: str | os.PathLike, *, sampler: 
     score = guided_score(model, label, guidance, str(ckpt))
     if suffix == ".png" and not (shape == (2,) or math.prod(shape) == 64):
         raise ValueError(f"cannot draw examples of shape {shape} as a PNG; use --out FILE.npy")
+    sampler = sampler or default_sampler(model.sde)
+    steps = steps or available_samplers()[sampler].steps
     start = time.perf_counter()
     # Example i from seed + i (its own noise stream): under torchrun each rank samples a shard of
     # the seeds and rank 0 writes them in seed order, the same samples as one process.
