@@ -1,7 +1,9 @@
-"""Small checks shared by the samplers and the likelihood."""
+"""Small checks shared by the samplers, the likelihood and the command line."""
 from __future__ import annotations
 
+import argparse
 import math
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -14,3 +16,16 @@ def all_finite(x: Tensor) -> bool:
     through to the (slower) elementwise check.
     """
     return math.isfinite(float(x.detach().sum())) or bool(torch.isfinite(x).all())
+
+
+def arg_type(cast: Callable, accept: Callable, expected: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that casts the text and checks it, naming what was expected."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ._checks import arg_type
 from .bench import BENCHMARKS
 from .checkpoint import WHICH
 from .conditional_runs import add_options as add_conditional_options
@@ -44,19 +45,6 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _checked(cast: Callable, accept: Callable, expected: str) -> Callable[[str], Any]:
-    """An argparse ``type=`` that casts the text and checks it, naming what was expected."""
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return parse
-
-
 def _choice(name: str, allowed: Callable[[], Sequence[str]]) -> Callable[[str], str]:
     """An argparse ``type=`` accepting one of ``allowed()`` (looked up when parsing)."""
     def parse(text: str) -> str:
@@ -70,7 +58,7 @@ def _quadrature(text: str) -> int | str:
     """``--quadrature``: ``steps`` or a node count >= 2."""
     if text == "steps":
         return text
-    return _checked(int, lambda v: v >= 2, "'steps' or a node count >= 2")(text)
+    return arg_type(int, lambda v: v >= 2, "'steps' or a node count >= 2")(text)
 
 
 def _device(text: str) -> str:
@@ -87,11 +75,11 @@ def _sample_file(text: str) -> str:
     return text
 
 
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_nonneg_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-_positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
-_unit_float = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
-_ema_decay = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_positive_int = arg_type(int, lambda v: v >= 1, "a positive integer")
+_nonneg_int = arg_type(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = arg_type(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+_unit_float = arg_type(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_ema_decay = arg_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 # ----------------------------------------------------------------------------- the option table

@@ -11,44 +11,19 @@ guidance of weight ``w = 2`` (:func:`sdediff.classifier_free_guidance`:
 """
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Any, Callable
 
+from ._checks import arg_type
 from .datasets import DIGITS_NUM_CLASSES, TOY_NUM_CLASSES
 
 __all__ = ["TRAIN_OPTIONS", "SAMPLE_OPTIONS", "add_options", "data_num_classes", "guided_score",
            "guidance_title"]
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return value
-
-
-def _class_label(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a class label (an integer >= 0), got {text!r}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+_probability = arg_type(float, lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)")
+_class_label = arg_type(int, lambda v: v >= 0, "a class label (an integer >= 0)")
+_finite_float = arg_type(float, math.isfinite, "a finite number")
 
 
 #: ``sdediff train``'s conditional options: (flag, ``add_argument`` keywords).

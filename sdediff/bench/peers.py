@@ -46,7 +46,6 @@ sample sets of ``steps --quick``, NFE 5 and 10 only, and skips the mapping check
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -59,7 +58,7 @@ from .peer_samplers import (CHECK_RK45_TOL, CHECK_SEEDS, TRAIN_CONFIG, Peer, log
                             require_diffusers, run_one, run_peers)
 from .peers_report import adaptive_to_floor, all_round, compare, plot, verdict, write_markdown
 from .problems import EPS, METRICS, metrics, mix64, prior, reference, ring2d
-from .report import Progress, add_output_args, announce, guard_quick, output_dir, write_json
+from .report import Progress, add_output_args, announce, guard_quick, output_dir, rewrite_report, write_json
 
 __all__ = ["NFES", "QUICK_NFES", "check_peers", "exact_spread", "converged_metrics", "run", "write_report", "main"]
 
@@ -235,9 +234,7 @@ def main(argv=None, prog: str | None = None, results: str | Path | None = None) 
     args = parser.parse_args(argv)
     out = output_dir(args.out, args.quick, results)
     if args.report_only:
-        write_report(json.loads((out / "peers.json").read_text()), out)
-        announce(out, ("peers.json", "peers.md", "peers.png"))
-        return
+        return rewrite_report(out, "peers", write_report)
     guard_quick(out, "peers", args.quick, args.force)
     log = Progress()
     log(f"peer benchmark{' (quick)' if args.quick else ''}; results will go to {out.resolve()}")

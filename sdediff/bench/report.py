@@ -106,3 +106,9 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
 def announce(out_dir: Path, names: Iterable[str], log=print) -> None:
     """Say where the results were written."""
     log(f"wrote {', '.join(names)} to {Path(out_dir).resolve()}")
+
+
+def rewrite_report(out_dir: Path, name: str, write_report) -> None:
+    """``--report-only``: ``write_report(results, out_dir)`` from ``out_dir/<name>.json``, no run."""
+    write_report(json.loads((Path(out_dir) / f"{name}.json").read_text()), out_dir)
+    announce(out_dir, (f"{name}.json", f"{name}.md", f"{name}.png"))

@@ -27,8 +27,8 @@ import sdediff as sd
 from sdediff.samplers import available_samplers
 
 from .problems import EPS, METRICS, metrics, mix64, reference, ring2d
-from .report import (Progress, add_output_args, announce, guard_quick, output_dir, pyplot, save_figure,
-                     write_json, write_text)
+from .report import (Progress, add_output_args, announce, guard_quick, output_dir, pyplot, rewrite_report,
+                     save_figure, write_json, write_text)
 
 __all__ = ["NFES", "QUICK_NFES", "KNOWN_VARIANTS", "run_problem", "headline", "run", "write_report", "main"]
 
@@ -348,9 +348,7 @@ def main(argv=None, prog: str | None = None, results: str | Path | None = None) 
     args = parser.parse_args(argv)
     out = output_dir(args.out, args.quick, results)
     if args.report_only:
-        write_report(json.loads((out / "steps.json").read_text()), out)
-        announce(out, ("steps.json", "steps.md", "steps.png"))
-        return
+        return rewrite_report(out, "steps", write_report)
     guard_quick(out, "steps", args.quick, args.force)
     sizes = {k: v for k, v in (("ring2d", args.n_ring), ("mix64", args.n_mix)) if v}
     log = Progress()
